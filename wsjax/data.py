@@ -1,0 +1,205 @@
+"""Datasets as uint8 arrays, the study's splits, and device placement.
+
+Images are kept as uint8 NHWC everywhere until the compiled step converts them (see
+``wsjax.augment``), so a whole CIFAR training set is 150 MB on the device.
+
+Where data comes from (``load_dataset``), in order:
+1. ``<data_dir>/<name>.npz`` with the layout of ``../shared/data/cifar10.npz``
+   (``x_train`` uint8 (N, H, W, C), ``y_train`` int, ``x_test``, ``y_test``); this is also the
+   cache that step 2 writes.
+2. TensorFlow Datasets (``pip install 'wsjax[prepare]'``): downloaded and prepared once, then
+   written to the cache of step 1, so later runs need neither TensorFlow nor the network.
+``data_dir`` is the argument, else ``$WSJAX_DATA_DIR``, else ``~/.cache/wsjax``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Our name -> (TFDS name, number of classes).
+DATASETS = {"cifar10": ("cifar10", 10), "cifar100": ("cifar100", 100), "svhn": ("svhn_cropped", 10)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A labelled image dataset in host memory: uint8 NHWC images and int32 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory: the argument, else ``$WSJAX_DATA_DIR``, else ``~/.cache/wsjax``."""
+    if data_dir is None:
+        data_dir = os.environ.get("WSJAX_DATA_DIR") or Path.home() / ".cache" / "wsjax"
+    return Path(data_dir).expanduser().resolve()
+
+
+def _validated(name: str, arrays, num_classes: int, source: str) -> Dataset:
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    if missing:
+        raise ValueError(f"{source} lacks arrays {sorted(missing)}; it needs x_train, y_train, "
+                         f"x_test, y_test (see wsjax.data)")
+    xs = {k: np.asarray(arrays[k]) for k in ("x_train", "x_test")}
+    for k, x in xs.items():
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise ValueError(f"{source}: {k} must be uint8 of shape (N, H, W, C); got "
+                             f"{x.dtype} {x.shape}")
+    ys = {k: np.asarray(arrays[k]).astype(np.int32) for k in ("y_train", "y_test")}
+    for split in ("train", "test"):
+        if len(xs[f"x_{split}"]) != len(ys[f"y_{split}"]):
+            raise ValueError(f"{source}: x_{split} and y_{split} have different lengths")
+    top = max(int(ys["y_train"].max(initial=0)), int(ys["y_test"].max(initial=0)))
+    if top >= num_classes or min(ys["y_train"].min(initial=0), ys["y_test"].min(initial=0)) < 0:
+        raise ValueError(f"{source}: labels must lie in [0, {num_classes}); found up to {top}")
+    return Dataset(name, xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"], num_classes)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+                 allow_tfds: bool = True) -> Dataset:
+    """Loads ``cifar10``, ``cifar100`` or ``svhn`` as uint8 arrays (see the module docstring).
+
+    Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` saying what was tried and
+    how to fix it when neither the cache file nor TFDS can supply the data.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} "
+                         f"(or 'synthetic' in the experiment scripts)")
+    tfds_name, num_classes = DATASETS[name]
+    root = default_data_dir(data_dir)
+    path = root / f"{name}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            return _validated(name, {k: f[k] for k in f.files}, num_classes, str(path))
+    tried = [f"no file {path}"]
+    if allow_tfds:
+        try:
+            arrays = _load_with_tfds(tfds_name, root / "tfds")
+        except Exception as e:  # noqa: BLE001 - every failure is reported with the fix below
+            tried.append(f"TFDS: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            dataset = _validated(name, arrays, num_classes, f"TFDS {tfds_name}")
+            write_cache(dataset, path)
+            return dataset
+    raise FileNotFoundError(
+        f"could not load dataset {name!r}. Tried: {'; '.join(tried)}. Fix: put {name}.npz "
+        f"(x_train, y_train, x_test, y_test; the layout of shared/data/cifar10.npz) in {root}, "
+        f"or point WSJAX_DATA_DIR / --data-dir at the folder that has it; or, on a machine with "
+        f"internet, `pip install 'wsjax[prepare]'` so TFDS can download and prepare it once."
+    )
+
+
+def write_cache(dataset: Dataset, path: str | os.PathLike) -> Path:
+    """Writes ``dataset`` as an uncompressed ``.npz`` that ``load_dataset`` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
+             y_test=dataset.y_test)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cache behind
+    return path
+
+
+def _load_with_tfds(tfds_name: str, tfds_dir: Path) -> dict:
+    """Downloads and prepares a TFDS dataset once and returns it as numpy arrays."""
+    import tensorflow as tf  # noqa: F401 - TFDS needs it to prepare; fail early if missing
+    import tensorflow_datasets as tfds
+
+    # TensorFlow would otherwise reserve the accelerators' memory that JAX needs.
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+    out = {}
+    for split in ("train", "test"):
+        x, y = tfds.as_numpy(tfds.load(tfds_name, split=split, batch_size=-1, as_supervised=True,
+                                       data_dir=str(tfds_dir)))
+        out[f"x_{split}"], out[f"y_{split}"] = x.astype(np.uint8), y
+    return out
+
+
+def synthetic_dataset(num_train: int = 512, num_test: int = 256, num_classes: int = 10,
+                      image_shape=(32, 32, 3), seed: int = 0, noise: float = 60.0) -> Dataset:
+    """A learnable stand-in for CIFAR: each class is a fixed random image plus pixel noise.
+
+    For tests and ``--quick`` runs on machines without the real data.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(40, 215, size=(num_classes, *image_shape))
+
+    def draw(n):
+        y = rng.integers(0, num_classes, size=n).astype(np.int32)
+        x = prototypes[y] + rng.normal(0, noise, size=(n, *image_shape))
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+
+    x_train, y_train = draw(num_train)
+    x_test, y_test = draw(num_test)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes)
+
+
+def relabel_fraction(labels: np.ndarray, fraction: float, num_classes: int, seed: int):
+    """Returns a copy of ``labels`` with a random ``fraction`` replaced by uniform random labels."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must be in [0, 1]")
+    rng = np.random.default_rng(seed)
+    labels = labels.copy()
+    which = rng.permutation(len(labels))[: int(round(fraction * len(labels)))]
+    labels[which] = rng.integers(0, num_classes, size=len(which))
+    return labels
+
+
+# --- the study's splits: index arrays into the training set --------------------------------
+
+
+def study_split(num_examples: int, seed: int = 0, fit_fraction: float = 2 / 3):
+    """The study's split of the official training set: a random ``fit_fraction`` (2/3) is
+    fitted, the rest is the validation set the paper reports. Returns ``(fit_idx, val_idx)``,
+    sorted int32 index arrays; the same ``seed`` gives the same split.
+
+    CIFAR's 50,000 give 33,333 / 16,667.
+    """
+    if not 0.0 < fit_fraction < 1.0:
+        raise ValueError(f"fit_fraction={fit_fraction} must be strictly between 0 and 1")
+    perm = np.random.default_rng(seed).permutation(num_examples)
+    n_fit = int(num_examples * fit_fraction)
+    return np.sort(perm[:n_fit]).astype(np.int32), np.sort(perm[n_fit:]).astype(np.int32)
+
+
+def shuffled(idx: np.ndarray, seed: int) -> np.ndarray:
+    """``idx`` in a seeded random order (so that first-fraction subsets are random subsets)."""
+    return np.asarray(idx)[np.random.default_rng(seed).permutation(len(idx))]
+
+
+def first_fraction(idx: np.ndarray, fraction: float) -> np.ndarray:
+    """The first ``fraction`` of ``idx`` (at least one example). Round 1 of the two-phase
+    experiment is ``first_fraction(fit_idx, 0.5)``; shuffle ``idx`` first for a random subset.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+    return np.asarray(idx)[: max(1, int(round(fraction * len(idx))))]
+
+
+def online_chunks(idx: np.ndarray, chunk: int) -> list[np.ndarray]:
+    """The growing training sets of the online experiment: the first k, 2k, ... examples of
+    ``idx``, the last one all of it (33,333 CIFAR-10 examples in chunks of 1,000: 34 rounds).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive number of examples")
+    ends = list(range(chunk, len(idx), chunk)) + [len(idx)]
+    return [np.asarray(idx)[:e] for e in ends]
+
+
+def target_fraction(num_examples: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """A random ``fraction`` of a target training set, for the transfer experiments."""
+    return np.sort(first_fraction(shuffled(np.arange(num_examples, dtype=np.int32), seed),
+                                  fraction))

@@ -1,0 +1,54 @@
+"""Models of the study, selectable by name.
+
+``MODELS`` maps a name to a constructor ``f(num_classes, **overrides) -> flax.linen.Module``;
+``create_model`` looks one up with a clear error. Every model is called as
+``model.apply(variables, x, train=..., mask=..., return_features=...)`` and names its
+classifier layer ``head``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax.models.linear import MLP, logistic_regression
+from wsjax.models.resnet import BasicBlock, ResNet18
+
+MODELS = {
+    "logreg": logistic_regression,
+    "mlp": partial(MLP, widths=(100, 100)),
+    "resnet18_narrow": partial(ResNet18, widths=(16, 32, 64, 128)),
+    "resnet18": partial(ResNet18, widths=(64, 128, 256, 512)),
+}
+
+
+def create_model(name: str, num_classes: int, **overrides) -> nn.Module:
+    """Builds the model registered as ``name`` (see ``MODELS``) for ``num_classes`` classes."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} must be at least 2")
+    return MODELS[name](num_classes=num_classes, **overrides)
+
+
+def init_variables(model: nn.Module, key, input_shape=(32, 32, 3)) -> dict:
+    """Initializes ``model`` for images of ``input_shape``; returns ``{'params', 'batch_stats'}``.
+
+    ``batch_stats`` is an empty dict for models without BatchNorm, so every model's variables
+    have the same two collections.
+    """
+    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter tree (arrays or shape structs)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+__all__ = ["MODELS", "MLP", "ResNet18", "BasicBlock", "create_model", "init_variables",
+           "count_params", "logistic_regression"]

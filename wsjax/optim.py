@@ -1,0 +1,47 @@
+"""Optimizers as the study uses them: PyTorch's SGD and Adam with *coupled* L2 weight decay.
+
+PyTorch's ``weight_decay`` adds ``wd * param`` to the gradient before momentum or Adam's moments
+see it; ``optax.chain(add_decayed_weights(wd), sgd/adam)`` is exactly that (``optax.adamw`` is the
+decoupled variant, which the study does not use).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+def kernels_only(params):
+    """A weight-decay mask that decays weight matrices and conv filters (ndim > 1) and spares
+    biases and BatchNorm scales and offsets."""
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                   decay_mask=None) -> optax.GradientTransformation:
+    """Builds ``'sgd'`` (plain), ``'momentum'``, ``'nesterov'`` or ``'adam'`` like PyTorch.
+
+    ``learning_rate`` may be a number or an optax schedule. ``weight_decay`` is coupled L2;
+    ``decay_mask`` (a mask tree or a function of params such as ``kernels_only``) limits it to
+    some parameters. The state is created anew by ``tx.init`` at every round of the study.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    if not callable(learning_rate) and not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate={learning_rate!r} must be positive")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be >= 0")
+    if name == "adam":
+        base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    elif name == "sgd":
+        base = optax.sgd(learning_rate)
+    else:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum={momentum} must be in [0, 1)")
+        base = optax.sgd(learning_rate, momentum=momentum, nesterov=name == "nesterov")
+    if weight_decay == 0.0:
+        return base
+    return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), base)
