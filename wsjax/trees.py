@@ -86,5 +86,6 @@ def check_mask(mask, tree, tree_name: str = "params") -> None:
             f"wsjax.trees.module_mask or path_mask"
         )
     for path, m in zip(leaf_paths(mask), jax.tree.leaves(mask)):
-        if np.asarray(m).dtype != bool:
+        dtype = m.dtype if hasattr(m, "dtype") else np.asarray(m).dtype
+        if dtype != bool:
             raise ValueError(f"mask leaf {path!r} is {m!r}; mask leaves must be booleans")
