@@ -176,10 +176,11 @@ def merge_weights(saved: dict, target: dict, *, fresh_layers=()) -> dict:
         raise ValueError(f"fresh_layers {sorted(unknown)} are not layers of the target model; "
                          f"its layers are {sorted(target['params'])}")
     problems = []
-    out = {}
+    flat = {}
+    keep = lambda p: p.split("/")[0] not in fresh_layers
     for coll in ("params", "batch_stats"):
         s, t = _flat(saved.get(coll, {})), _flat(target.get(coll, {}))
-        keep = lambda p: p.split("/")[0] not in fresh_layers
+        flat[coll] = s
         for p in sorted(set(t) - set(s)):
             if keep(p):
                 problems.append(f"{coll}/{p} is missing from the checkpoint")
@@ -190,15 +191,15 @@ def merge_weights(saved: dict, target: dict, *, fresh_layers=()) -> dict:
             if keep(p) and tuple(np.shape(s[p])) != tuple(np.shape(t[p])):
                 problems.append(f"{coll}/{p} has shape {tuple(np.shape(s[p]))} in the "
                                 f"checkpoint but {tuple(np.shape(t[p]))} in the model")
-        out[coll] = jax.tree_util.tree_map_with_path(
-            lambda path, x: s[path_str(path)] if keep(path_str(path)) else x, target.get(coll, {}))
     if problems:
         hint = ("; if the classifier changed (another class count), pass fresh_layers=('head',)"
                 if any(p.startswith("params/head/") for p in problems) else "")
         raise ValueError("checkpoint does not match the model: " + "; ".join(problems[:10])
                          + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
                          + hint)
-    return out
+    return {coll: jax.tree_util.tree_map_with_path(
+        lambda path, x: flat[coll][path_str(path)] if keep(path_str(path)) else x,
+        target.get(coll, {})) for coll in ("params", "batch_stats")}
 
 
 def load_warm_start(directory: str | os.PathLike, target: dict, *, step: int | None = None,
