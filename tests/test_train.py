@@ -182,3 +182,20 @@ def test_pad_indices_errors():
         pad_indices(np.arange(5), 3)
     with pytest.raises(ValueError, match="empty"):
         pad_indices(np.arange(0))
+
+
+def test_host_and_device_loops_agree(tiny):
+    model = create_model("resnet18_narrow", 4, widths=(4, 4, 4, 4))
+    tx = make_optimizer("momentum", 0.05)
+    keys = replica_keys([0, 1])
+    x, y = jax.device_put(tiny.x_train), jax.device_put(tiny.y_train)
+    idx, n = pad_indices(np.arange(100), 120)
+    out = {}
+    for loop in ("device", "host"):
+        epoch = make_epoch_fn(model, tx, batch_size=32, loop=loop, input_shape=(8, 8, 3))
+        states = init_replicas(model, tx, keys, (8, 8, 3))
+        out[loop] = epoch(states, keys, jnp.array([True, False]), x, y, jnp.asarray(idx), n)
+    chex.assert_trees_all_close(out["host"], out["device"], rtol=1e-4, atol=1e-5)
+    assert int(out["host"][0].step[0]) == 4 and int(out["host"][0].step[1]) == 0
+    with pytest.raises(ValueError, match="loop='gpu'"):
+        make_epoch_fn(model, tx, batch_size=32, loop="gpu")
