@@ -119,7 +119,8 @@ def _load_with_tfds(tfds_name: str, tfds_dir: Path) -> dict:
 
     # TensorFlow would otherwise reserve the accelerators' memory that JAX needs.
     tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+    if tf.config.list_physical_devices("TPU"):
+        tf.config.set_visible_devices([], "TPU")
     out = {}
     for split in ("train", "test"):
         x, y = tfds.as_numpy(tfds.load(tfds_name, split=split, batch_size=-1, as_supervised=True,
