@@ -26,7 +26,7 @@ import numpy as np
 from wsjax import data as wdata
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
-from wsjax.train import (TrainState, init_replicas, make_epoch_fn, make_train_step, pad_indices,
+from wsjax.train import (init_replicas, make_epoch_fn, make_train_step, pad_indices,
                          replica_keys)
 
 

@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     fit_idx, val_idx = wdata.study_split(len(ds.x_train), args.split_seed)
     fit_idx = wdata.shuffled(fit_idx, args.split_seed)  # so the first 50% is a random half
     model = create_model(args.model, ds.num_classes)
-    make_tx = lambda: make_optimizer(args.optimizer, args.lr, weight_decay=args.weight_decay)
+    tx = make_optimizer(args.optimizer, args.lr, weight_decay=args.weight_decay)
     parallel = choose_parallel(args.parallel, args.model, len(seeds))
     run = RunDir(args.out)
     config = {k: v for k, v in vars(args).items() if k not in ("out", "checkpoint_every")}
@@ -95,11 +95,10 @@ def main(argv=None) -> dict:
     x, y = put(ds.x_train), put(ds.y_train)
     eval_sets = {"val": (x, y, put(val_idx)),
                  "test": (put(ds.x_test), put(ds.y_test), put(np.arange(len(ds.x_test))))}
-    tx = make_tx()
     epoch_fn = make_epoch_fn(model, tx, batch_size=args.batch_size,
                              preprocess=make_preprocess(), parallel=parallel)
     stop = StopRule(args.threshold, args.max_epochs, plateau_window(args), args.plateau_std)
-    runner = StageRunner(model=model, make_tx=make_tx, epoch_fn=epoch_fn, x=x, y=y,
+    runner = StageRunner(model=model, tx=tx, epoch_fn=epoch_fn, x=x, y=y,
                          capacity=len(fit_idx), stop=stop, keys=replica_keys(seeds), run=run,
                          checkpoint_every=args.checkpoint_every, parallel=parallel,
                          input_shape=ds.image_shape)

@@ -1,5 +1,3 @@
-import os
-
 import chex
 import jax
 import numpy as np

@@ -17,7 +17,6 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -47,13 +46,12 @@ class Arm:
     def __post_init__(self):
         if self.noise not in ("init", "gaussian"):
             raise ValueError(f"Arm {self.name}: noise={self.noise!r} must be 'init' or 'gaussian'")
-        warmstart._check_range("shrink", self.shrink, 0.0, 1.0)
-        warmstart._check_range("perturb", self.perturb, 0.0, None)
+        warmstart.check_range("shrink", self.shrink, 0.0, 1.0)
+        warmstart.check_range("perturb", self.perturb, 0.0, None)
 
 
-def _stage_key(keys, name: str):
-    """Per-replica keys for a stage; stable across runs (crc32 of the name, not hash())."""
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, zlib.crc32(name.encode()))
+def _fold_in(keys, data: int):
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
 
 
 class StageRunner:
@@ -63,28 +61,33 @@ class StageRunner:
     largest training set, so every stage reuses one compiled epoch.
     """
 
-    def __init__(self, *, model, make_tx: Callable[[], optax.GradientTransformation], epoch_fn,
+    def __init__(self, *, model, tx: optax.GradientTransformation, epoch_fn,
                  x, y, capacity: int, stop: StopRule, keys, run: RunDir,
                  checkpoint_every: int = 1, parallel: DataParallel | None = None,
                  input_shape=(32, 32, 3), echo: Callable[[str], None] = print):
-        self.model, self.make_tx, self.epoch_fn = model, make_tx, epoch_fn
+        self.model, self.tx, self.epoch_fn = model, tx, epoch_fn
         self.x, self.y, self.capacity, self.stop = x, y, capacity, stop
         self.keys, self.run, self.parallel = keys, run, parallel
-        self.checkpoint_every, self.input_shape, self.echo = checkpoint_every, input_shape, echo
-        self.tx = make_tx()
+        self.checkpoint_every, self.echo = checkpoint_every, echo
+        # Compiled once and reused by every stage.
+        self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, input_shape)))
+        self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
 
     def place(self, tree):
         return self.parallel.place_state(tree) if self.parallel else tree
 
+    def stage_keys(self, stage: str, which: int):
+        """Per-replica keys for one use (``which``) in a stage; stable across runs (crc32 of
+        the stage name, not ``hash()``): 0 initializes, 1 trains, 2 perturbs."""
+        return _fold_in(_fold_in(self.keys, zlib.crc32(stage.encode())), which)
+
     def fresh_variables(self, stage: str, which: int = 0):
         """Fresh initializations (one per replica) drawn from the stage's keys."""
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(_stage_key(self.keys, stage),
-                                                                which)
-        return jax.jit(jax.vmap(lambda k: init_variables(self.model, k, self.input_shape)))(keys)
+        return self._init(self.stage_keys(stage, which))
 
     def new_state(self, variables) -> TrainState:
         """A state with a fresh optimizer state (the study starts every round with one)."""
-        return self.place(jax.jit(jax.vmap(lambda v: TrainState.create(v, self.tx)))(variables))
+        return self.place(self._create(variables))
 
     def train(self, stage: str, variables, idx) -> tuple[TrainState, FitProgress]:
         """Trains from ``variables`` on ``x[idx]`` until the stop rule, resuming from disk."""
@@ -96,8 +99,7 @@ class StageRunner:
             progress = FitProgress.from_dict(meta["progress"])
             self.echo(f"[{stage}] resumed at epoch {progress.epoch}"
                       + (" (finished)" if progress.finished else ""))
-        train_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
-            _stage_key(self.keys, stage), 1)
+        train_keys = self.stage_keys(stage, 1)
 
         def on_epoch(states, progress):
             h = progress.history[-1]
@@ -123,9 +125,8 @@ class StageRunner:
             fresh = self.fresh_variables(stage, which=2)["params"]
             params = warmstart.shrink_perturb(params, fresh, arm.shrink, arm.perturb)
         else:
-            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(_stage_key(self.keys, stage), 2)
             params = jax.vmap(lambda k, p: warmstart.shrink_perturb_gaussian(
-                k, p, arm.shrink, arm.perturb))(keys, params)
+                k, p, arm.shrink, arm.perturb))(self.stage_keys(stage, 2), params)
         if arm.reset_bn:
             stats = warmstart.reset_batch_stats(stats)
         return {"params": params, "batch_stats": stats}

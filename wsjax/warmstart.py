@@ -13,7 +13,6 @@ layers; masked-out leaves come back unchanged.
 
 from __future__ import annotations
 
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ import optax
 from wsjax.trees import check_mask, check_same_structure
 
 
-def _check_range(name: str, value, lo: float, hi: float | None) -> None:
+def check_range(name: str, value, lo: float, hi: float | None) -> None:
     """Validates a hyperparameter when it is a concrete number (traced values pass through)."""
     if isinstance(value, jax.core.Tracer):
         return
@@ -59,8 +58,8 @@ def shrink_perturb(params, fresh, shrink: float, perturb: float, *, mask=None):
     Raises ``ValueError`` for ``shrink`` outside [0, 1], negative ``perturb``, or trees whose
     structure or shapes differ (naming the first differing path).
     """
-    _check_range("shrink", shrink, 0.0, 1.0)
-    _check_range("perturb", perturb, 0.0, None)
+    check_range("shrink", shrink, 0.0, 1.0)
+    check_range("perturb", perturb, 0.0, None)
     check_same_structure("params", params, "fresh", fresh)
     return _masked(lambda x, f: (shrink * x + perturb * f).astype(x.dtype), params, mask, fresh)
 
@@ -72,8 +71,8 @@ def shrink_perturb_gaussian(key, params, shrink: float, sigma: float, *, mask=No
     unlike ``shrink_perturb``. Raises ``ValueError`` for ``shrink`` outside [0, 1] or negative
     ``sigma``.
     """
-    _check_range("shrink", shrink, 0.0, 1.0)
-    _check_range("sigma", sigma, 0.0, None)
+    check_range("shrink", shrink, 0.0, 1.0)
+    check_range("sigma", sigma, 0.0, None)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.tree.unflatten(treedef, list(jax.random.split(key, max(len(leaves), 1))[:len(leaves)]))
     return _masked(
