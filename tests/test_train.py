@@ -134,7 +134,7 @@ def test_vmapped_seeds_equal_separate_runs(setup):
         assert prog1.epochs[0] == prog.epochs[r] and prog1.stop_reason[0] == prog.stop_reason[r]
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], alone.params),
                                     jax.tree.map(lambda a: a[r], together.params),
-                                    rtol=1e-4, atol=1e-5)
+                                    rtol=1e-4, atol=1e-4)
     assert all(p.epoch == len(p.history) for p in [prog])
 
 
@@ -195,8 +195,9 @@ def test_host_and_device_loops_agree(tiny):
         epoch = make_epoch_fn(model, tx, batch_size=32, loop=loop, input_shape=(8, 8, 3))
         states = init_replicas(model, tx, keys, (8, 8, 3))
         out[loop] = epoch(states, keys, jnp.array([True, False]), x, y, jnp.asarray(idx), n)
-    # Loop and non-loop compilations round differently (seen: 3e-4 relative on jax 0.7).
-    chex.assert_trees_all_close(out["host"], out["device"], rtol=2e-3, atol=2e-4)
+    # The last batch has 4 examples, so stage 4's BN sees four 1x1 maps: a one-pass variance
+    # made the two compilations differ by 1e-2 here (jax 0.7); the two-pass one agrees to ~1e-5.
+    chex.assert_trees_all_close(out["host"], out["device"], rtol=1e-4, atol=1e-4)
     assert int(out["host"][0].step[0]) == 4 and int(out["host"][0].step[1]) == 0
     with pytest.raises(ValueError, match="loop='gpu'"):
         make_epoch_fn(model, tx, batch_size=32, loop="gpu")

@@ -22,6 +22,13 @@ import jax.numpy as jnp
 from wsjax.models.init import torch_conv, torch_dense
 
 
+def _batch_norm(train: bool, momentum: float, dtype, name: str) -> nn.BatchNorm:
+    # Two-pass variance, like PyTorch: E[x^2] - E[x]^2 cancels catastrophically when a few
+    # masked examples reach a 1x1 feature map, and then loop and non-loop compilations diverge.
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                        dtype=dtype, use_fast_variance=False, name=name)
+
+
 def _bn_mask(mask, x):
     """Broadcasts a per-example mask (B,) over an activation (B, ...)."""
     if mask is None:
@@ -39,8 +46,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool, mask=None):
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=1e-5, dtype=self.dtype)
+        norm = partial(_batch_norm, train, self.bn_momentum, self.dtype)
         m = _bn_mask(mask, x)
         y = torch_conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y, mask=m))
@@ -73,8 +79,7 @@ class ResNet18(nn.Module):
         x = x.astype(self.dtype) if self.dtype is not None else x
         m = _bn_mask(mask, x)
         x = torch_conv(self.widths[0], 3, 1, dtype=self.dtype, name="stem_conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                         dtype=self.dtype, name="stem_bn")(x, mask=m)
+        x = _batch_norm(train, self.bn_momentum, self.dtype, name="stem_bn")(x, mask=m)
         x = nn.relu(x)
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
