@@ -34,6 +34,7 @@ import optax
 
 from wsjax.augment import NORMALIZATIONS, make_preprocess, normalize
 from wsjax.models import init_variables
+from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
 
 
@@ -68,37 +69,46 @@ def _metric_sums(logits, labels, mask):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    preprocess: Callable | None = None):
+                    preprocess: Callable | None = None, *, objective: Objective | None = None,
+                    after_update: Callable | None = None):
     """Returns the pure ``step(state, batch, key) -> (state, metrics)`` for one replica.
 
     ``batch`` has ``image`` (uint8 NHWC), ``label`` (int) and ``mask`` (bool: which rows are
-    real). The loss is the mean cross-entropy over real rows; BatchNorm statistics use only
-    them. ``preprocess(key, images)`` augments and normalizes (default: the study's [-1, 1]).
-    ``metrics`` holds sums (``loss_sum``, ``correct``, ``count``) so epochs add up exactly.
+    real). The loss is ``objective`` (default: mean cross-entropy) over real rows; BatchNorm
+    statistics use only them. ``preprocess(key, images)`` augments and normalizes (default:
+    the study's [-1, 1]). ``after_update(params, key) -> params``, when given, transforms the
+    parameters after every optimizer step (e.g. shrink-perturb at every step).
+    ``metrics`` holds sums (``loss_sum`` of the cross-entropy, ``correct``, ``count``) so
+    epochs add up exactly.
     """
     preprocess = preprocess or make_preprocess()
+    objective = objective or Objective()
 
     def step(state: TrainState, batch: dict, key):
-        images = preprocess(key, batch["image"])
+        aug_key, after_key = jax.random.split(key)
+        images = preprocess(aug_key, batch["image"])
         mask = batch["mask"]
         has_bn = bool(jax.tree.leaves(state.batch_stats))
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
-            if has_bn:
-                logits, updates = model.apply(variables, images, train=True, mask=mask,
-                                              mutable=["batch_stats"])
-                new_stats = updates["batch_stats"]
-            else:
-                logits, new_stats = model.apply(variables, images, train=True), state.batch_stats
-            sums = _metric_sums(logits, batch["label"], mask)
-            return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), (sums, new_stats)
 
-        grads, (sums, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+            def apply(x):
+                if has_bn:
+                    logits, updates = model.apply(variables, x, train=True, mask=mask,
+                                                  mutable=["batch_stats"])
+                    return logits, updates["batch_stats"]
+                return model.apply(variables, x, train=True), state.batch_stats
+
+            return objective.loss(apply, images, batch["label"], mask)
+
+        grads, (logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if after_update is not None:
+            params = after_update(params, after_key)
         return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                             opt_state=opt_state), sums
+                             opt_state=opt_state), _metric_sums(logits, batch["label"], mask)
 
     return step
 
@@ -146,7 +156,8 @@ def default_loop(model: nn.Module, input_shape=(32, 32, 3)) -> str:
 
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
                   preprocess: Callable | None = None, parallel: DataParallel | None = None,
-                  jit: bool = True, loop: str = "auto", input_shape=(32, 32, 3)):
+                  jit: bool = True, loop: str = "auto", input_shape=(32, 32, 3),
+                  objective: Objective | None = None, after_update: Callable | None = None):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``.
 
     Trains every replica (leading axis of ``states``, ``keys``, ``active``) for one epoch over
@@ -160,6 +171,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     no host round trip); ``'host'`` dispatches one compiled step per batch from Python (still no
     host sync: batches are gathered on the device); ``'auto'`` picks with ``default_loop``.
     Both give the same result. ``jit=False`` returns the un-jitted device-loop function.
+    ``objective`` and ``after_update`` go to ``make_train_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -167,7 +179,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         loop = default_loop(model, input_shape)
     if loop not in ("device", "host"):
         raise ValueError(f"loop={loop!r} must be 'device', 'host' or 'auto'")
-    step = make_train_step(model, tx, preprocess)
+    step = make_train_step(model, tx, preprocess, objective=objective,
+                           after_update=after_update)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None
 

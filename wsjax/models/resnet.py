@@ -19,14 +19,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from wsjax.models.batchnorm import BatchNorm
 from wsjax.models.init import torch_conv, torch_dense
 
 
-def _batch_norm(train: bool, momentum: float, dtype, name: str) -> nn.BatchNorm:
-    # Two-pass variance, like PyTorch: E[x^2] - E[x]^2 cancels catastrophically when a few
-    # masked examples reach a 1x1 feature map, and then loop and non-loop compilations diverge.
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                        dtype=dtype, use_fast_variance=False, name=name)
+def _batch_norm(train: bool, momentum: float, dtype, name: str) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                     dtype=dtype, name=name)
 
 
 def _bn_mask(mask, x):
