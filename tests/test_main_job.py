@@ -24,7 +24,7 @@ def _strip_times(results):
     """Accuracies, epochs and stop reasons: what must not change when a run is resumed."""
     keep = ("seed", "epochs", "stop_reason", "train_acc", "val_acc", "test_acc", "val_loss")
     return {arm: [{k: row[k] for k in keep} for row in r["seeds"]]
-            for arm, r in results["arms"].items()}
+            for arm, r in results["results"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def uninterrupted(tmp_path_factory):
 def test_main_job_outputs(uninterrupted):
     out, stdout = uninterrupted
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"random_init", "warm_start", "sp_0.5"}
-    for arm in results["arms"].values():
+    assert set(results["results"]) == {"random_init", "warm_start", "sp_0.5"}
+    for arm in results["results"].values():
         assert len(arm["seeds"]) == 2
         for row in arm["seeds"]:
             assert {"val_acc", "test_acc", "train_acc", "epochs", "seconds"} <= set(row)
             assert 0.0 <= row["val_acc"] <= 1.0 and 1 <= row["epochs"] <= 6
-    assert results["arms"]["sp_0.5"]["arm"]["shrink"] == 0.5
+    assert results["results"]["sp_0.5"]["arm"]["shrink"] == 0.5
     assert "val acc %" in stdout and "±" in stdout and "warm_start" in stdout
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(l)["stage"] for l in lines} == {"random_init", "round1",
