@@ -162,10 +162,11 @@ def test_fit_resumes_exactly(setup):
     assert prog2.epochs == prog.epochs == [4, 4]
 
 
-def test_exact_evaluation(setup, tiny):
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_exact_evaluation(setup, tiny, loop):
     model, tx, x, y = setup
     states = init_replicas(model, tx, replica_keys([0, 1]), (8, 8, 3))
-    evaluate = make_eval_fn(model, batch_size=64)
+    evaluate = make_eval_fn(model, batch_size=64, loop=loop)
     idx = jnp.arange(37, 137)  # 100 examples: one full and one partial batch
     out = summarize(evaluate(states, x, y, idx))
     variables = jax.tree.map(lambda a: a[1], states).variables

@@ -112,6 +112,9 @@ def test_recompute_batch_stats_matches_batch_moments():
     var = np.mean([f.var(axis=(0, 1, 2)) for f in feats], axis=0)
     np.testing.assert_allclose(stats["stem_bn"]["mean"], mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["stem_bn"]["var"], var, rtol=1e-4, atol=1e-5)
+    host = warmstart.recompute_batch_stats(model, v["params"], v["batch_stats"], images,
+                                           loop="host")
+    chex.assert_trees_all_close(host, stats, rtol=1e-5, atol=1e-6)
     mlp = create_model("mlp", 3)
     assert warmstart.recompute_batch_stats(mlp, {}, {}, images) == {}
 

@@ -28,7 +28,8 @@ from wsjax.checkpoint import Checkpointer
 from wsjax.models import init_variables
 from wsjax.parallel import DataParallel
 from wsjax.runlog import RunDir
-from wsjax.train import FitProgress, StopRule, TrainState, fit, make_eval_fn, summarize
+from wsjax.train import (FitProgress, StopRule, TrainState, default_loop, fit, make_eval_fn,
+                         summarize)
 
 
 BN_MODES = ("reset", "keep", "recompute")
@@ -88,7 +89,9 @@ class StageRunner:
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, input_shape)))
         self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
         self._eval = make_eval_fn(model, batch_size=eval_batch_size,
-                                  normalization=normalization, parallel=parallel)
+                                  normalization=normalization, parallel=parallel,
+                                  input_shape=input_shape)
+        self.loop = default_loop(model, input_shape)
 
     @property
     def num_replicas(self) -> int:
@@ -183,8 +186,8 @@ class StageRunner:
             return batch_stats
         images = self.sample_images(idx, 20, jax.random.fold_in(jax.random.key(0),
                                                                   zlib.crc32(stage.encode())))
-        return jax.vmap(lambda p, s: warmstart.recompute_batch_stats(self.model, p, s, images)
-                        )(params, batch_stats)
+        return jax.vmap(lambda p, s: warmstart.recompute_batch_stats(
+            self.model, p, s, images, loop=self.loop))(params, batch_stats)
 
     def warm_variables(self, arm: Arm, stage: str, state: TrainState, idx=None):
         """Round-2 starting weights for ``arm`` from a trained round-1 ``state``; ``idx`` is

@@ -236,37 +236,62 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
 
 
 def make_eval_fn(model: nn.Module, *, batch_size: int = 1000, normalization: str = "study",
-                 parallel: DataParallel | None = None, jit: bool = True):
+                 parallel: DataParallel | None = None, jit: bool = True, loop: str = "auto",
+                 input_shape=(32, 32, 3)):
     """Returns ``evaluate(states, x, y, idx) -> metrics``: exact evaluation of every replica.
 
     Every example of ``x[idx]`` counts once: the last batch is padded and masked. Models run in
     inference mode (BatchNorm running statistics). ``metrics`` are per-replica sums
-    (``loss_sum``, ``correct``, ``count``); see ``summarize``.
+    (``loss_sum``, ``correct``, ``count``); see ``summarize``. ``loop`` as in
+    ``make_epoch_fn``: ``'device'`` scans the batches in one compiled call, ``'host'`` calls
+    a compiled batch from Python (conv nets on a CPU; no host sync until the sums are read).
+    ``jit=False`` returns the un-jitted device-loop function.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}")
+    if loop == "auto":
+        loop = default_loop(model, input_shape)
+    if loop not in ("device", "host"):
+        raise ValueError(f"loop={loop!r} must be 'device', 'host' or 'auto'")
     mean, std = NORMALIZATIONS[normalization]
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
+    spmd = parallel.spmd_axis_name if parallel else None
 
-    def one_replica(state, x, y, idx):
+    def batch_sums(state, x, y, ids, mask):
+        batch = constrain({"image": x[ids], "label": y[ids], "mask": mask})
+        logits = model.apply(state.variables, normalize(batch["image"], mean, std),
+                             train=False)
+        return _metric_sums(logits, batch["label"], batch["mask"])
+
+    def batches(idx):
         num_batches = max(1, math.ceil(idx.shape[0] / batch_size))
         pad = num_batches * batch_size - idx.shape[0]
         ids = jnp.pad(idx, (0, pad)).reshape(num_batches, batch_size)
         mask = (jnp.arange(num_batches * batch_size) < idx.shape[0]).reshape(ids.shape)
+        return ids, mask
 
+    if loop == "host":
+        one_batch = jax.jit(jax.vmap(batch_sums, in_axes=(0, None, None, None, None),
+                                     spmd_axis_name=spmd))
+
+        def host_evaluate(states, x, y, idx):
+            ids, mask = batches(idx)
+            totals = None
+            for i in range(ids.shape[0]):
+                sums = one_batch(states, x, y, ids[i], mask[i])
+                totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            return totals
+
+        return host_evaluate
+
+    def one_replica(state, x, y, idx):
         def body(totals, inputs):
-            ids, mask = inputs
-            batch = constrain({"image": x[ids], "label": y[ids], "mask": mask})
-            logits = model.apply(state.variables, normalize(batch["image"], mean, std),
-                                 train=False)
-            sums = _metric_sums(logits, batch["label"], batch["mask"])
-            return jax.tree.map(jnp.add, totals, sums), None
+            return jax.tree.map(jnp.add, totals, batch_sums(state, x, y, *inputs)), None
 
         zeros = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
-        return jax.lax.scan(body, zeros, (ids, mask))[0]
+        return jax.lax.scan(body, zeros, batches(idx))[0]
 
-    evaluate = jax.vmap(one_replica, in_axes=(0, None, None, None),
-                        spmd_axis_name=parallel.spmd_axis_name if parallel else None)
+    evaluate = jax.vmap(one_replica, in_axes=(0, None, None, None), spmd_axis_name=spmd)
     return jax.jit(evaluate) if jit else evaluate
 
 
