@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import (bn_stats, checkpoint_age, curves, grad_norms, online, perturb_only,
+from experiments import (bn_stats, checkpoint_age, claims, curves, grad_norms, online, perturb_only,
                          redraw, regularization, shrink_only, sp_every_step, sp_grid, sweep,
                          table1, transfer, warm_start)
 
@@ -24,12 +24,18 @@ def _seeds_ok(rows, n=2):
 
 def test_table1_cells_and_paper_numbers(tmp_path):
     out = table1.main(["--dataset", "synthetic:4:8", "--models", "logreg", "--optimizers",
-                       "sgd", "adam", "--out", str(tmp_path)] + TINY[2:])
+                       "sgd", "adam", "--out", str(tmp_path / "table1")] + TINY[2:])
     assert [(r["model"], r["optimizer"]) for r in out["rows"]] == [("logreg", "sgd"),
                                                                    ("logreg", "adam")]
     assert "| synthetic:4:8 | logreg | sgd |" in out["table"]
     assert table1.PAPER[("cifar10", "mlp", "adam")] == (39.4, 36.1)
-    assert (tmp_path / "synthetic:4:8_logreg_adam" / "two_phase.png").exists()
+    assert (tmp_path / "table1" / "synthetic:4:8_logreg_adam" / "two_phase.png").exists()
+    # The claims table reads the same files: one verdict per cell and claim, the rest "not run".
+    rows = claims.claims(tmp_path)
+    gap = [r for r in rows if r["evidence"] == "Table 1 synthetic:4:8_logreg_adam"]
+    assert len(gap) == 3 and all(r["verdict"].split(" ")[0] in
+                                 ("confirmed", "refuted", "inconclusive") for r in gap)
+    assert any(r["verdict"].startswith("not run") for r in rows)
 
 
 def test_curves_record_every_epoch(tmp_path):
