@@ -19,18 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from wsjax.runlog import mean_se
+from wsjax.runlog import mean_se, paired_mean_se
 
 
 def _load(root: Path, name: str) -> dict | None:
     path = root / name / "results.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def paired(a_rows, b_rows, key="val_acc", scale=100.0) -> tuple[float, float]:
-    """Mean ± SE over seeds of ``a - b`` (rows matched by seed)."""
-    b = {r["seed"]: r[key] for r in b_rows}
-    return mean_se([(r[key] - b[r["seed"]]) * scale for r in a_rows if r["seed"] in b])
 
 
 def verdict(effect: tuple[float, float], sign: int) -> str:
@@ -72,7 +66,8 @@ def claims(root: Path) -> list[dict]:
     cells = _two_phase_cells(root)
     for name, res in cells:
         add("Warm-started models generalize worse (random init - warm start, val acc)",
-            f"Table 1 {name}", paired(res["random_init"]["seeds"], res["warm_start"]["seeds"]))
+            f"Table 1 {name}",
+            paired_mean_se(res["random_init"]["seeds"], res["warm_start"]["seeds"]))
     if not cells:
         add("Warm-started models generalize worse", "Table 1", missing="experiments.table1")
     for name, res in cells:
@@ -85,9 +80,9 @@ def claims(root: Path) -> list[dict]:
         both = [{"seed": r["seed"], "p": r["epochs"] + frac * r1[r["seed"]]}
                 for r in res["warm_start"]["seeds"]]
         add("Warm-starting saves compute (random init - warm start, final round)",
-            f"Table 1 {name}", paired(fresh, final, "p", 1.0), unit="passes")
+            f"Table 1 {name}", paired_mean_se(fresh, final, "p", 1.0), unit="passes")
         add("... even counting round 1 (random init - warm start, both rounds)",
-            f"Table 1 {name}", paired(fresh, both, "p", 1.0), unit="passes")
+            f"Table 1 {name}", paired_mean_se(fresh, both, "p", 1.0), unit="passes")
 
     rec = _load(root, "shrink_only_mlp")
     if rec:
@@ -115,26 +110,26 @@ def claims(root: Path) -> list[dict]:
         res = rec["results"]
         last = lambda arm: res[arm][-1]["seeds"]
         add(f"Warm start generalizes worse, {label} (last round, random - warm)", name,
-            paired(last("random_init"), last("warm_start")))
+            paired_mean_se(last("random_init"), last("warm_start")))
         sp = [a for a in res if a.startswith("sp_")]
         for arm in sp:
             add(f"Shrink-perturb closes the gap, {label} (last round, {arm} - warm)", name,
-                paired(last(arm), last("warm_start")))
+                paired_mean_se(last(arm), last("warm_start")))
             # Examples processed over all rounds (epochs x training-set size), in millions.
             total = lambda a: [{"seed": s["seed"], "t": sum(r["seeds"][i]["epochs"] * r["n"]
                                                             for r in res[a]) / 1e6}
                                for i, s in enumerate(res[a][-1]["seeds"])]
             add(f"... with less training than random init ({label}, random - {arm})",
-                name, paired(total("random_init"), total(arm), "t", 1.0), unit="M examples")
+                name, paired_mean_se(total("random_init"), total(arm), "t", 1.0), unit="M examples")
 
     rec = _load(root, "label_noise_mlp_adam")
     if rec:
         res = rec["results"]
         add("Warm start generalizes worse with 20% noisy labels (random - warm)", "label noise",
-            paired(res["random_init"]["seeds"], res["warm_start"]["seeds"]))
+            paired_mean_se(res["random_init"]["seeds"], res["warm_start"]["seeds"]))
         for arm in [a for a in res if a.startswith("sp_")]:
             add(f"Shrink-perturb helps with noisy labels ({arm} - warm)", "label noise",
-                paired(res[arm]["seeds"], res["warm_start"]["seeds"]))
+                paired_mean_se(res[arm]["seeds"], res["warm_start"]["seeds"]))
     else:
         add("Warm start generalizes worse with noisy labels", "label noise",
             missing="label_noise_mlp_adam")

@@ -11,6 +11,8 @@ default, a fixed epoch budget (the 99% stop rule is off: ``--threshold 1.01``).
 
 from __future__ import annotations
 
+import sys
+
 from experiments import warm_start
 from experiments.common import main_guard
 from wsjax.plots import plot_curves
@@ -21,8 +23,6 @@ DEFAULTS = ["--model", "resnet18_narrow", "--optimizer", "sgd", "--shrink", "--t
 
 def main(argv=None) -> dict:
     """Runs Fig 1 (flags as ``experiments.warm_start``; later flags override the defaults)."""
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     return warm_start.main(DEFAULTS + argv + ["--curves"], script="curves", plot=plot_curves)
 

@@ -15,7 +15,7 @@ import sys
 
 from experiments import warm_start
 from experiments.common import main_guard
-from wsjax.runlog import RunDir, mean_se
+from wsjax.runlog import RunDir, mean_se, paired_mean_se
 
 # The paper's Table 1 (validation accuracy %, random init / warm start).
 PAPER = {
@@ -41,9 +41,7 @@ def cell_row(dataset: str, model: str, opt: str, results: dict) -> dict:
         row[arm] = {k: mean_se([s[k] * 100 for s in seeds]) for k in ("val_acc", "test_acc")}
         row[arm]["seconds"] = mean_se([s.get("total_seconds", s["seconds"]) for s in seeds])
         row[arm]["n"] = len(seeds)
-    gaps = [(r["val_acc"] - w["val_acc"]) * 100
-            for r, w in zip(results["random_init"]["seeds"], results["warm_start"]["seeds"])]
-    row["gap"] = mean_se(gaps)
+    row["gap"] = paired_mean_se(results["random_init"]["seeds"], results["warm_start"]["seeds"])
     return row
 
 

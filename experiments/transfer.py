@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     runner = target.runner
     arms = [Arm("warm_start"), Arm(f"sp_{args.shrink:g}", args.shrink, args.noise)]
     results = {"source": {"dataset": source.ds.name, "seeds": src_eval}, "fractions": {}}
+    src_variables = jax.device_get(src_state.variables)
     for frac in args.fractions:
         idx = wdata.first_fraction(target.fit_idx, frac)
         rows = {}
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
         for arm in arms:
             stage = f"p{frac:g}_{arm.name}"
             fresh = runner.fresh_variables(stage, which=3)
-            merged = merge_weights(jax.device_get(src_state.variables), jax.device_get(fresh),
+            merged = merge_weights(src_variables, jax.device_get(fresh),
                                    fresh_layers=("head",) if new_head else ())
             warm = runner.warm_variables(arm, stage, runner.new_state(merged), idx)
             state, progress = runner.train(stage, warm, idx)

@@ -88,14 +88,16 @@ def run_online(runner: StageRunner, *, pool_idx, chunk: int, arms: Sequence[Arm]
     predict = make_predict_fn(runner.model, batch_size=score_batch_size,
                               normalization=runner.normalization)
     book_path = runner.run.path / "online.json"
-    if book_path.exists():
-        book = json.loads(book_path.read_text())
-    else:
-        book = {"order": {a: pool_idx[:chunk].tolist() for a in names},
-                "rounds": {a: [] for a in names}}
+    book = (json.loads(book_path.read_text()) if book_path.exists()
+            else {"rounds": {a: [] for a in names}})
     if select == "order":
-        book["order"] = {a: pool_idx.tolist() for a in names}
+        book.pop("order", None)  # the pool's own order: nothing to record
+    else:
+        book.setdefault("order", {a: pool_idx[:chunk].tolist() for a in names})
     states = {}
+
+    def order_of(a):
+        return pool_idx if select == "order" else book["order"][a]
 
     def size(r):
         return min((r + 1) * chunk, len(pool_idx))
@@ -103,7 +105,7 @@ def run_online(runner: StageRunner, *, pool_idx, chunk: int, arms: Sequence[Arm]
     def state_after(a, r):
         """Arm ``a``'s model after round ``r``, trained earlier (restored from disk)."""
         if (a, r) not in states:
-            idx = np.asarray(book["order"][a][: size(r)])
+            idx = np.asarray(order_of(a)[: size(r)])
             states[(a, r)] = runner.train(_stage(a, r), runner.fresh_variables(_stage(a, r)),
                                           idx)[0]
         return states[(a, r)]
@@ -112,11 +114,10 @@ def run_online(runner: StageRunner, *, pool_idx, chunk: int, arms: Sequence[Arm]
         for a in names:
             if len(book["rounds"][a]) > r:
                 continue
-            order = book["order"][a]
+            order = order_of(a)
             if select != "order" and len(order) < size(r):
                 # This arm's round r-1 model picks the chunk that arrives now.
-                chosen = set(order)
-                rest = np.asarray([i for i in pool_idx.tolist() if i not in chosen], np.int32)
+                rest = pool_idx[~np.isin(pool_idx, order)]
                 scores = acquisition_scores(predict(state_after(a, r - 1), runner.x, rest),
                                             select)
                 order.extend(rest[np.argsort(-scores, kind="stable")[: size(r) - len(order)]]

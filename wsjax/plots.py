@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsjax.runlog import mean_se
+from wsjax.runlog import mean_se, paired_mean_se
 
 
 def _pyplot():
@@ -27,6 +27,22 @@ def _save(fig, path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def _finish(fig, ax, record: dict, xlabel: str, ylabel: str, path) -> Path:
+    """Labels a one-axes figure, titles it after the run and saves it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(record.get("title", ""), fontsize=9)
+    return _save(fig, path)
+
+
+def _band(ax, x, mean, se, **kw):
+    """A mean line with a +-SE band in the line's colour; returns the line."""
+    line, = ax.plot(x, mean, **kw)
+    ax.fill_between(x, mean - se, mean + se, alpha=0.2, color=line.get_color())
+    return line
 
 
 def _arms(results: dict) -> list[str]:
@@ -85,17 +101,13 @@ def plot_curves(record: dict, out_dir) -> Path:
             r = results[arm]
             if "history" not in r:
                 continue
-            offset = 0
+            offset, kw = 0, {}
             if "round1_history" in r:
                 e, m, s = _history_curve(r["round1_history"], key)
-                line, = ax.plot(e, m * 100, ls="--")
-                ax.fill_between(e, (m - s) * 100, (m + s) * 100, alpha=0.2, color=line.get_color())
+                kw = {"color": _band(ax, e, m * 100, s * 100, ls="--").get_color()}
                 offset = len(e)
             e, m, s = _history_curve(r["history"], key)
-            kw = {"color": line.get_color()} if offset else {}
-            line, = ax.plot(e + offset, m * 100, label=arm, **kw)
-            ax.fill_between(e + offset, (m - s) * 100, (m + s) * 100, alpha=0.2,
-                            color=line.get_color())
+            _band(ax, e + offset, m * 100, s * 100, label=arm, **kw)
         ax.set_xlabel("epoch (warm arms: round 1 dashed, then round 2)")
         ax.set_title(f"{label} accuracy")
     axes[0].set_ylabel("accuracy (%)")
@@ -106,8 +118,7 @@ def plot_curves(record: dict, out_dir) -> Path:
 
 def _cell_gap(results: dict, arm: str = "warm_start"):
     """Mean +- SE over seeds of random init minus ``arm`` validation accuracy (points)."""
-    return mean_se([(r["val_acc"] - w["val_acc"]) * 100 for r, w in
-                    zip(results["random_init"]["seeds"], results[arm]["seeds"])])
+    return paired_mean_se(results["random_init"]["seeds"], results[arm]["seeds"])
 
 
 def plot_cells(summary: dict, out_dir) -> Path:
@@ -127,10 +138,7 @@ def plot_cells(summary: dict, out_dir) -> Path:
     ax.set_ylim(max(0, lo - 5), None)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend()
-    ax.set_title(summary.get("title", ""))
-    return _save(fig, Path(out_dir) / "cells.png")
+    return _finish(fig, ax, summary, "", "validation accuracy (%)", Path(out_dir) / "cells.png")
 
 
 def plot_regularization(summary: dict, out_dir) -> Path:
@@ -150,11 +158,8 @@ def plot_regularization(summary: dict, out_dir) -> Path:
         ax.errorbar(xs, [m for m, _ in st], yerr=[e for _, e in st], marker="o", capsize=3,
                     label=kind)
     ax.set_xscale("log")
-    ax.set_xlabel("strength")
-    ax.set_ylabel("random init - warm start, val acc (points)")
-    ax.legend()
-    ax.set_title(summary.get("title", ""))
-    return _save(fig, Path(out_dir) / "regularization.png")
+    return _finish(fig, ax, summary, "strength", "random init - warm start, val acc (points)",
+                   Path(out_dir) / "regularization.png")
 
 
 def plot_sweep(summary: dict, out_dir) -> Path:
@@ -173,11 +178,8 @@ def plot_sweep(summary: dict, out_dir) -> Path:
             ax.scatter(*xy, marker=marker, color=line.get_color(),
                        label=name if arm == "random_init" else None)
     ax.set_xscale("log")
-    ax.set_xlabel("seconds to stop rule (o random init, ^ warm start)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(summary.get("title", ""))
-    return _save(fig, Path(out_dir) / "sweep.png")
+    return _finish(fig, ax, summary, "seconds to stop rule (o random init, ^ warm start)",
+                   "validation accuracy (%)", Path(out_dir) / "sweep.png")
 
 
 def plot_grid(record: dict, out_dir) -> Path:
@@ -225,11 +227,8 @@ def plot_checkpoint_age(record: dict, out_dir) -> Path:
                 marker="o", capsize=3, label="warm start from round-1 epoch k")
     m, e = _stat(results["random_init"]["seeds"], "val_acc", 100)
     ax.axhline(m, color="k", ls="--", label=f"random init ({m:.2f} ± {e:.2f})")
-    ax.set_xlabel("round-1 epoch k of the warm-start checkpoint")
-    ax.set_ylabel("validation accuracy after round 2 (%)")
-    ax.legend()
-    ax.set_title(record.get("title", ""))
-    return _save(fig, Path(out_dir) / "checkpoint_age.png")
+    return _finish(fig, ax, record, "round-1 epoch k of the warm-start checkpoint",
+                   "validation accuracy after round 2 (%)", Path(out_dir) / "checkpoint_age.png")
 
 
 def plot_grad_norms(record: dict, out_dir) -> Path:
@@ -259,11 +258,8 @@ def plot_shrink_only(record: dict, out_dir) -> Path:
         acc = np.asarray(r["val_acc"]) * 100
         ax.errorbar(r["shrinks"], acc.mean(1), yerr=acc.std(1), marker="o", capsize=2,
                     label=name)
-    ax.set_xlabel("shrink (theta <- shrink * theta)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend()
-    ax.set_title(record.get("title", ""))
-    return _save(fig, Path(out_dir) / "shrink_only.png")
+    return _finish(fig, ax, record, "shrink (theta <- shrink * theta)",
+                   "validation accuracy (%)", Path(out_dir) / "shrink_only.png")
 
 
 def plot_online(record: dict, out_dir) -> Path:
@@ -274,9 +270,8 @@ def plot_online(record: dict, out_dir) -> Path:
         n = [r["n"] for r in rounds]
         for ax, key, scale in ((ax_acc, "val_acc", 100), (ax_t, "seconds", 1)):
             st = [_stat(r["seeds"], key, scale) for r in rounds]
-            m, e = np.asarray([s[0] for s in st]), np.asarray([s[1] for s in st])
-            line, = ax.plot(n, m, label=arm)
-            ax.fill_between(n, m - e, m + e, alpha=0.2, color=line.get_color())
+            _band(ax, n, np.asarray([s[0] for s in st]), np.asarray([s[1] for s in st]),
+                  label=arm)
     ax_acc.set_ylabel("validation accuracy (%)")
     ax_t.set_ylabel("train seconds this round")
     for ax in (ax_acc, ax_t):
@@ -297,11 +292,8 @@ def plot_transfer(record: dict, out_dir) -> Path:
         ax.errorbar([float(k) for k in keys], [m for m, _ in st], yerr=[e for _, e in st],
                     marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
-    ax.set_xlabel(f"fraction of target data (source: {record.get('source')})")
-    ax.set_ylabel("target validation accuracy (%)")
-    ax.legend()
-    ax.set_title(record.get("title", ""))
-    return _save(fig, Path(out_dir) / "transfer.png")
+    return _finish(fig, ax, record, f"fraction of target data (source: {record.get('source')})",
+                   "target validation accuracy (%)", Path(out_dir) / "transfer.png")
 
 
 def plot_bn_stats(summary: dict, out_dir) -> Path:
@@ -324,5 +316,5 @@ def plot_bn_stats(summary: dict, out_dir) -> Path:
         axes[1, j].set_yscale("log")
         axes[1, j].set_xlabel("epoch of the final round")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(summary.get("title", ""))
+    fig.suptitle(summary.get("title", ""), fontsize=9)
     return _save(fig, Path(out_dir) / "bn_stats.png")

@@ -31,6 +31,8 @@ def make_grad_norm_fn(model, *, batch_size: int = 128, normalization: str = "stu
             else:
                 logits = model.apply(variables, images, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        # Written out: optax renamed its tree norm in 0.2.5 (tree_l2_norm -> tree_norm) and we
+        # support 0.2.4, so neither name works warning-free on every supported version.
         grads = jax.tree.leaves(jax.grad(loss)(state.params))
         return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads))
 

@@ -70,6 +70,13 @@ class RunDir:
         return json.loads((self.path / "results.json").read_text())
 
 
+def paired_mean_se(a_rows, b_rows, key: str = "val_acc", scale: float = 100.0):
+    """Mean and standard error over seeds of ``scale * (a[key] - b[key])``, rows of per-seed
+    records matched by their ``seed``."""
+    b = {r["seed"]: r[key] for r in b_rows}
+    return mean_se([(r[key] - b[r["seed"]]) * scale for r in a_rows if r["seed"] in b])
+
+
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     v = np.asarray(values, dtype=float)

@@ -84,18 +84,13 @@ class StageRunner:
         self.keys, self.run, self.parallel = keys, run, parallel
         self.checkpoint_every, self.echo = checkpoint_every, echo
         self.batch_size, self.normalization = batch_size, normalization
-        self.input_shape = tuple(input_shape)
         # Compiled once and reused by every stage.
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, input_shape)))
         self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
         self._eval = make_eval_fn(model, batch_size=eval_batch_size,
                                   normalization=normalization, parallel=parallel,
                                   input_shape=input_shape)
-        self.loop = default_loop(model, input_shape)
-
-    @property
-    def num_replicas(self) -> int:
-        return int(self.keys.shape[0])
+        self._recompute = None  # built on first use: models without BatchNorm never need it
 
     def place(self, tree):
         return self.parallel.place_state(tree) if self.parallel else tree
@@ -186,8 +181,13 @@ class StageRunner:
             return batch_stats
         images = self.sample_images(idx, 20, jax.random.fold_in(jax.random.key(0),
                                                                   zlib.crc32(stage.encode())))
-        return jax.vmap(lambda p, s: warmstart.recompute_batch_stats(
-            self.model, p, s, images, loop=self.loop))(params, batch_stats)
+        if self._recompute is None:
+            loop = default_loop(self.model, self.x.shape[1:])
+            recompute = jax.vmap(warmstart.make_recompute_batch_stats(self.model, loop=loop),
+                                 in_axes=(0, 0, None))
+            # The device loop compiles whole; the host loop's batches are compiled inside.
+            self._recompute = jax.jit(recompute) if loop == "device" else recompute
+        return self._recompute(params, batch_stats, images)
 
     def warm_variables(self, arm: Arm, stage: str, state: TrainState, idx=None):
         """Round-2 starting weights for ``arm`` from a trained round-1 ``state``; ``idx`` is

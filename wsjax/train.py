@@ -154,6 +154,14 @@ def default_loop(model: nn.Module, input_shape=(32, 32, 3)) -> str:
     return "host" if cpu and has_conv(model, input_shape) else "device"
 
 
+def _resolve_loop(loop: str, model: nn.Module, input_shape) -> str:
+    if loop == "auto":
+        return default_loop(model, input_shape)
+    if loop not in ("device", "host"):
+        raise ValueError(f"loop={loop!r} must be 'device', 'host' or 'auto'")
+    return loop
+
+
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
                   preprocess: Callable | None = None, parallel: DataParallel | None = None,
                   jit: bool = True, loop: str = "auto", input_shape=(32, 32, 3),
@@ -175,10 +183,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
-    if loop == "auto":
-        loop = default_loop(model, input_shape)
-    if loop not in ("device", "host"):
-        raise ValueError(f"loop={loop!r} must be 'device', 'host' or 'auto'")
+    loop = _resolve_loop(loop, model, input_shape)
     step = make_train_step(model, tx, preprocess, objective=objective,
                            after_update=after_update)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
@@ -249,10 +254,7 @@ def make_eval_fn(model: nn.Module, *, batch_size: int = 1000, normalization: str
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}")
-    if loop == "auto":
-        loop = default_loop(model, input_shape)
-    if loop not in ("device", "host"):
-        raise ValueError(f"loop={loop!r} must be 'device', 'host' or 'auto'")
+    loop = _resolve_loop(loop, model, input_shape)
     mean, std = NORMALIZATIONS[normalization]
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None

@@ -104,6 +104,47 @@ def reset_batch_stats(batch_stats, *, mask=None):
     return jax.tree.map(lambda m, x, f: jnp.where(m, f, x), mask, batch_stats, fresh)
 
 
+def make_recompute_batch_stats(model, *, loop: str = "device"):
+    """Returns ``recompute(params, batch_stats, images) -> batch_stats`` (see
+    ``recompute_batch_stats``), built once so repeated calls reuse its compilation.
+
+    ``loop='device'`` maps over the batches with ``lax.map``; ``'host'`` calls one compiled
+    batch at a time from Python (XLA:CPU runs convolutions inside compiled loops 30-40x
+    slower; under an outer ``jit`` the host loop is unrolled).
+    """
+    if loop not in ("device", "host"):
+        raise ValueError(f"loop={loop!r} must be 'device' or 'host'")
+    if not hasattr(model, "bn_momentum"):
+        raise ValueError(
+            f"recompute_batch_stats needs a model with a 'bn_momentum' field; "
+            f"{type(model).__name__} has none"
+        )
+    probe = model.clone(bn_momentum=0.0)
+
+    def batch_stats_of(p, s, x):
+        _, updates = probe.apply({"params": p, "batch_stats": s}, x, train=True,
+                                 mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    one = jax.jit(batch_stats_of)
+
+    def recompute(params, batch_stats, images):
+        if not jax.tree.leaves(batch_stats):
+            return batch_stats
+        if images.ndim < 2:
+            raise ValueError(f"images must be (num_batches, batch, ...); got shape {images.shape}")
+        if loop == "device":
+            per_batch = jax.lax.map(lambda x: batch_stats_of(params, batch_stats, x), images)
+            return jax.tree.map(lambda s: jnp.mean(s, axis=0), per_batch)
+        total = None
+        for i in range(images.shape[0]):
+            stats = one(params, batch_stats, images[i])
+            total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        return jax.tree.map(lambda s: s / images.shape[0], total)
+
+    return recompute
+
+
 def recompute_batch_stats(model, params, batch_stats, images, *, loop: str = "device"):
     """Recomputes BatchNorm running statistics from data with the weights held fixed.
 
@@ -112,37 +153,12 @@ def recompute_batch_stats(model, params, batch_stats, images, *, loop: str = "de
     batch mean and batch variance (what PyTorch does with ``momentum=None``). ``model`` must have
     a ``bn_momentum`` field (every wsjax model with BatchNorm does): it is set to 0 so one
     train-mode pass returns exactly the batch statistics. Models without BatchNorm return
-    ``batch_stats`` unchanged. ``loop='device'`` maps over the batches with ``lax.map``;
-    ``'host'`` calls one compiled batch at a time from Python (XLA:CPU runs convolutions inside
-    compiled loops 30-40x slower; under an outer ``jit`` the host loop is unrolled).
+    ``batch_stats`` unchanged. ``loop``: see ``make_recompute_batch_stats`` (use that to call
+    this repeatedly without recompiling).
     """
     if not jax.tree.leaves(batch_stats):
         return batch_stats
-    if not hasattr(model, "bn_momentum"):
-        raise ValueError(
-            f"recompute_batch_stats needs a model with a 'bn_momentum' field; "
-            f"{type(model).__name__} has none"
-        )
-    if images.ndim < 2:
-        raise ValueError(f"images must be (num_batches, batch, ...); got shape {images.shape}")
-    probe = model.clone(bn_momentum=0.0)
-
-    def batch_stats_of(p, s, x):
-        _, updates = probe.apply({"params": p, "batch_stats": s}, x, train=True,
-                                 mutable=["batch_stats"])
-        return updates["batch_stats"]
-
-    if loop == "device":
-        per_batch = jax.lax.map(lambda x: batch_stats_of(params, batch_stats, x), images)
-        return jax.tree.map(lambda s: jnp.mean(s, axis=0), per_batch)
-    if loop != "host":
-        raise ValueError(f"loop={loop!r} must be 'device' or 'host'")
-    one = jax.jit(batch_stats_of)
-    total = None
-    for i in range(images.shape[0]):
-        stats = one(params, batch_stats, images[i])
-        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-    return jax.tree.map(lambda s: s / images.shape[0], total)
+    return make_recompute_batch_stats(model, loop=loop)(params, batch_stats, images)
 
 
 def reset_opt_state(tx: optax.GradientTransformation, opt_state, params, *, mask=None,
