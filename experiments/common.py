@@ -151,9 +151,11 @@ class Experiment:
     random subsets), ``val_idx``, ``model``, ``tx``, ``parallel``, ``run`` (``RunDir``),
     ``x``/``y`` (training images and the labels trained on, on the device), ``eval_sets``
     (``val`` and ``test`` with clean labels), ``stop``, ``runner``, ``config``.
+    Flags named in ``may_change`` may differ when a run resumes.
     """
 
-    def __init__(self, args, script: str, *, runner: bool = True, **epoch_options):
+    def __init__(self, args, script: str, *, runner: bool = True, may_change=(),
+                 **epoch_options):
         self.args, self.script, self.start = args, script, time.perf_counter()
         self.ds = ds = load_data(args)
         self.seeds = seeds_of(args)
@@ -165,7 +167,7 @@ class Experiment:
         self.run = RunDir(args.out)
         self.config = {k: v for k, v in vars(args).items()
                        if k not in ("out", "checkpoint_every")}
-        self.run.write_config({**self.config, "script": script})
+        self.run.write_config({**self.config, "script": script}, may_change)
         labels = ds.y_train
         if args.label_noise:
             labels = labels.copy()

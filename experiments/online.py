@@ -38,7 +38,8 @@ def main(argv=None) -> dict:
                    help="leave out the random-init arm (the most expensive)")
     p.add_argument("--no-warm-start", dest="warm_arm", action="store_false")
     args = parse(p, argv, "online")
-    exp = Experiment(args, "experiments.online")
+    # --rounds only cuts the same sequence of rounds short: a run may be extended or cut.
+    exp = Experiment(args, "experiments.online", may_change=("rounds",))
     arms = ([Arm("warm_start", bn=args.bn)] if args.warm_arm else []) + [
         Arm(f"sp_{s:g}", s, args.noise, bn=args.bn) for s in args.shrink]
     results = run_online(exp.runner, pool_idx=exp.fit_idx, chunk=args.chunk, arms=arms,

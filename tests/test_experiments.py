@@ -99,16 +99,19 @@ def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(tmp_path):
 
 
 def test_online_rounds_resume_and_active_selection(tmp_path):
-    args = MLP + ["--chunk", "60", "--rounds", "3", "--out", str(tmp_path / "order")]
-    rec = online.main(args)
+    args = MLP + ["--chunk", "60", "--out", str(tmp_path / "order")]
+    first = online.main(args + ["--rounds", "2"])["results"]
+    # More rounds extend the same run: rounds 0-1 are restored, only round 2 trains.
+    rec = online.main(args + ["--rounds", "3"])
     res = rec["results"]
+    assert {a: rows[:2] for a, rows in res.items()} == first
     assert set(res) == {"random_init", "warm_start", "sp_0.6"}
     assert [r["n"] for r in res["warm_start"]] == [60, 120, 160]
     # Round 0 is shared by every arm.
     assert res["random_init"][0]["seeds"] == res["sp_0.6"][0]["seeds"]
     kept = sorted(p.name for p in (tmp_path / "order" / "checkpoints").iterdir())
     assert kept == ["random_init_r002", "sp_0.6_r002", "warm_start_r002"]
-    again = online.main(args)  # finished: everything is restored, nothing retrains
+    again = online.main(args + ["--rounds", "3"])  # finished: restored, nothing retrains
     assert again["results"] == res
     rec = online.main(MLP + ["--chunk", "60", "--rounds", "3", "--select", "margin",
                              "--label-noise", "0.25", "--shrink", "--out",

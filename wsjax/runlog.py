@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,17 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
-    def write_config(self, config: dict) -> None:
-        """Writes ``config.json``; refuses to resume a run that was started with another config."""
+    def write_config(self, config: dict, may_change: Sequence[str] = ()) -> None:
+        """Writes ``config.json``; refuses to resume a run that was started with another config.
+
+        Keys in ``may_change`` (e.g. a round count: more rounds extend the same run) may differ.
+        """
         path = self.path / "config.json"
         new = _jsonable(config)
         if path.exists():
             old = json.loads(path.read_text())
-            diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+            diff = {k for k in set(old) | set(new)
+                    if k not in may_change and old.get(k) != new.get(k)}
             if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config ({sorted(diff)} differ): "
