@@ -137,6 +137,11 @@ def test_bn_stats_modes_and_mismatch_probe(tmp_path):
     assert {"warm_start_bn_keep", "warm_start_bn_reset", "warm_start_bn_recompute"} <= set(res)
     for r in res.values():
         assert all(np.all(np.asarray(h["bn_mean_gap"]) >= 0) for h in r["history"])
+    # At the start of round 2, recomputed statistics match the data; kept and reset ones do not.
+    start = {a: np.asarray(r["start"]["bn_mean_gap"]) for a, r in res.items()}
+    assert np.all(start["warm_start_bn_recompute"] < 0.05)  # batch-partition noise only
+    assert np.all(start["warm_start_bn_keep"] > 10 * start["warm_start_bn_recompute"])
+    assert np.all(start["warm_start_bn_reset"] > 10 * start["warm_start_bn_recompute"])
     # Redraw from the saved files alone.
     drawn = redraw.main([str(tmp_path)])
     assert any(p.name == "bn_stats.png" for p in drawn)

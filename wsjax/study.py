@@ -226,29 +226,33 @@ def run_two_phase(runner: StageRunner, *, fit_idx, first_fraction: float, arms: 
     trains on its first ``first_fraction``; each arm starts round 2 on all of ``fit_idx`` from
     round 1's weights. ``eval_sets`` maps a name ('val', 'test') to ``(x, y, idx)`` on the
     device; ``watch`` is passed to every stage (see ``StageRunner.train``). Returns
-    ``{arm: {'seeds': [...], 'round1': [...], 'history': ..., 'round1_history': ...}}``
-    (``round1*`` for warm arms; the histories, per-epoch records, when ``watch`` is given).
+    ``{arm: {'seeds': [...], 'round1': [...], 'history': ..., 'round1_history': ...,
+    'start': ...}}`` (``round1*`` for warm arms; with ``watch``, the per-epoch histories and
+    ``start``, the watch on the weights a stage starts from: after the arm's transform).
     """
     first = fit_idx[: max(1, int(round(first_fraction * len(fit_idx))))]
 
-    def done(state, progress, **extra):
+    def done(state, progress, variables, **extra):
         out = {"seeds": per_seed(progress, runner.evaluate(state, eval_sets), seeds), **extra}
         if watch is not None:
             out["history"] = progress.history
+            # Recomputed from the (deterministic) starting weights, so a resumed run has it too.
+            out["start"] = jax.tree.map(lambda v: np.asarray(v).tolist(),
+                                        watch(runner.new_state(variables)))
         return out
 
     results = {}
-    state, progress = runner.train("random_init", runner.fresh_variables("random_init"),
-                                   fit_idx, watch=watch)
-    results["random_init"] = done(state, progress)
+    variables = runner.fresh_variables("random_init")
+    state, progress = runner.train("random_init", variables, fit_idx, watch=watch)
+    results["random_init"] = done(state, progress, variables)
     round1, progress1 = runner.train("round1", runner.fresh_variables("round1"), first,
                                      watch=watch)
     round1_rows = per_seed(progress1, runner.evaluate(round1, eval_sets), seeds)
     for arm in arms:
         stage = f"round2_{arm.name}"
-        state, progress = runner.train(stage, runner.warm_variables(arm, stage, round1, fit_idx),
-                                       fit_idx, watch=watch)
-        results[arm.name] = done(state, progress, arm=dataclasses.asdict(arm),
+        variables = runner.warm_variables(arm, stage, round1, fit_idx)
+        state, progress = runner.train(stage, variables, fit_idx, watch=watch)
+        results[arm.name] = done(state, progress, variables, arm=dataclasses.asdict(arm),
                                  round1=round1_rows)
         for row, r1 in zip(results[arm.name]["seeds"], round1_rows):
             row["total_epochs"] = row["epochs"] + r1["epochs"]
