@@ -83,11 +83,16 @@ def plot_two_phase(record: dict, out_dir) -> Path:
     return _save(fig, Path(out_dir) / "two_phase.png")
 
 
-def _history_curve(history, key):
-    """(epochs, mean over seeds, SE) of ``key`` in a stage's per-epoch history."""
-    v = np.asarray([h[key] for h in history], dtype=float)
+def _history_curve(history, key, start=None):
+    """(epochs, mean over seeds, SE) of ``key`` in a stage's per-epoch history, from epoch 0
+    when ``start`` (the watch on the starting weights) has ``key``."""
+    rows = [h[key] for h in history]
+    first = 1
+    if start and key in start:
+        rows, first = [start[key]] + rows, 0
+    v = np.asarray(rows, dtype=float)
     se = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1]) if v.shape[1] > 1 else np.zeros(len(v))
-    return np.arange(1, len(v) + 1), v.mean(axis=1), se
+    return np.arange(first, first + len(v)), v.mean(axis=1), se
 
 
 def plot_curves(record: dict, out_dir) -> Path:
@@ -301,20 +306,23 @@ def plot_bn_stats(summary: dict, out_dir) -> Path:
     each BN mode (and random init)."""
     plt = _pyplot()
     cells = summary["cells"]
-    fig, axes = plt.subplots(2, len(cells), figsize=(4.5 * len(cells), 7), squeeze=False)
+    keys = {"train_acc": "running train accuracy", "val_acc": "validation accuracy",
+            "bn_mean_gap": "BN mean mismatch (std units)"}
+    fig, axes = plt.subplots(len(keys), len(cells), figsize=(4.5 * len(cells), 10),
+                             squeeze=False)
     for j, (name, cell) in enumerate(cells.items()):
         for arm, r in cell["results"].items():
             if not isinstance(r, dict) or "history" not in r:
                 continue
-            for i, key in enumerate(("train_acc", "bn_mean_gap")):
+            for i, key in enumerate(keys):
                 if key in r["history"][0]:
-                    e, m, _ = _history_curve(r["history"], key)
+                    e, m, _ = _history_curve(r["history"], key, r.get("start"))
                     axes[i, j].plot(e, m, label=arm.replace("warm_start_", ""))
         axes[0, j].set_title(name)
-        axes[0, j].set_ylabel("running train accuracy")
-        axes[1, j].set_ylabel("BN mean mismatch (std units)")
-        axes[1, j].set_yscale("log")
-        axes[1, j].set_xlabel("epoch of the final round")
+        for i, label in enumerate(keys.values()):
+            axes[i, j].set_ylabel(label)
+        axes[-1, j].set_yscale("log")
+        axes[-1, j].set_xlabel("epoch of the final round (0: its starting weights)")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(summary.get("title", ""), fontsize=9)
     return _save(fig, Path(out_dir) / "bn_stats.png")
