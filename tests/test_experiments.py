@@ -16,71 +16,72 @@ MLP = TINY + ["--model", "mlp", "--widths", "16"]
 RESNET = TINY + ["--model", "resnet18_narrow", "--widths", "2,2,2,2"]
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One folder for the runs of this module, so the last test reads them all as the claims
+    table does."""
+    return tmp_path_factory.mktemp("results")
+
+
 def _seeds_ok(rows, n=2):
     assert len(rows) == n
     for r in rows:
         assert 0.0 <= r["val_acc"] <= 1.0 and 1 <= r["epochs"] <= 2 and r["seconds"] > 0
 
 
-def test_table1_cells_and_paper_numbers(tmp_path):
+def test_table1_cells_and_paper_numbers(results):
     out = table1.main(["--dataset", "synthetic:4:8", "--models", "logreg", "--optimizers",
-                       "sgd", "adam", "--out", str(tmp_path / "table1")] + TINY[2:])
+                       "sgd", "adam", "--out", str(results / "table1")] + TINY[2:])
     assert [(r["model"], r["optimizer"]) for r in out["rows"]] == [("logreg", "sgd"),
                                                                    ("logreg", "adam")]
     assert "| synthetic:4:8 | logreg | sgd |" in out["table"]
     assert table1.PAPER[("cifar10", "mlp", "adam")] == (39.4, 36.1)
-    assert (tmp_path / "table1" / "synthetic:4:8_logreg_adam" / "two_phase.png").exists()
-    # The claims table reads the same files: one verdict per cell and claim, the rest "not run".
-    rows = claims.claims(tmp_path)
-    gap = [r for r in rows if r["evidence"] == "Table 1 synthetic:4:8_logreg_adam"]
-    assert len(gap) == 3 and all(r["verdict"].split(" ")[0] in
-                                 ("confirmed", "refuted", "inconclusive") for r in gap)
-    assert any(r["verdict"].startswith("not run") for r in rows)
+    assert (results / "table1" / "synthetic:4:8_logreg_adam" / "two_phase.png").exists()
 
 
-def test_curves_record_every_epoch(tmp_path):
-    rec = curves.main(MLP + ["--optimizer", "adam", "--out", str(tmp_path)])
+def test_curves_record_every_epoch(results):
+    rec = curves.main(MLP + ["--optimizer", "adam", "--out", str(results / "curves")])
     res = rec["results"]
     # Fixed budget by default: the stop rule's threshold is off, so every stage runs 2 epochs.
     assert [len(res[a]["history"]) for a in ("random_init", "warm_start")] == [2, 2]
     assert len(res["warm_start"]["round1_history"]) == 2
     assert all(len(h["val_acc"]) == 2 for h in res["random_init"]["history"])
-    assert (tmp_path / "curves.png").exists()
+    assert (results / "curves" / "curves.png").exists()
 
 
-def test_sp_grid_and_perturb_only_arms(tmp_path):
+def test_sp_grid_and_perturb_only_arms(results):
     rec = sp_grid.main(MLP + ["--shrink", "0.5", "1", "--noise", "0", "0.1",
-                              "--out", str(tmp_path / "grid")])
+                              "--out", str(results / "grid")])
     assert set(rec["results"]) == {"random_init", "sp_0.5_0", "sp_0.5_0.1", "sp_1_0",
                                    "sp_1_0.1"}
-    assert (tmp_path / "grid" / "sp_grid.png").exists()
-    rec = perturb_only.main(MLP + ["--noise", "0.01", "--out", str(tmp_path / "po")])
+    assert (results / "grid" / "sp_grid.png").exists()
+    rec = perturb_only.main(MLP + ["--noise", "0.01", "--out", str(results / "po")])
     assert rec["results"]["sp_1"]["arm"] == {"name": "sp_1", "shrink": 1.0, "perturb": 0.01,
                                              "noise": "init", "bn": "reset"}
 
 
-def test_regularization_sweep_and_every_step_cells(tmp_path):
+def test_regularization_sweep_and_every_step_cells(results):
     rec = regularization.main(MLP + ["--kinds", "l2", "adversarial", "confidence",
-                                     "--strengths", "0.01", "--out", str(tmp_path / "reg")])
+                                     "--strengths", "0.01", "--out", str(results / "reg")])
     assert set(rec["cells"]) == {"none", "l2_0.01", "adversarial_0.01", "confidence_0.01"}
     assert rec["cells"]["adversarial_0.01"]["config"]["objective"] == "adversarial"
     assert rec["cells"]["l2_0.01"]["config"]["weight_decay"] == 0.01
     for cell in rec["cells"].values():
         _seeds_ok(cell["results"]["warm_start"]["seeds"])
     rec = sweep.main(MLP + ["--lrs", "0.01", "--batch-sizes", "16", "64",
-                            "--out", str(tmp_path / "sweep")])
+                            "--out", str(results / "sweep")])
     assert rec["cells"]["lr0.01_b16"]["config"]["batch_size"] == 16
-    assert (tmp_path / "sweep" / "sweep.png").exists()
-    rec = sp_every_step.main(MLP + ["--step-shrink", "0.5", "--out", str(tmp_path / "step")])
+    assert (results / "sweep" / "sweep.png").exists()
+    rec = sp_every_step.main(MLP + ["--step-shrink", "0.5", "--out", str(results / "step")])
     assert rec["cells"]["every_step"]["config"]["sp_every_step"] == [0.5, 1e-4]
 
 
-def test_checkpoint_age_and_grad_norms(tmp_path):
+def test_checkpoint_age_and_grad_norms(results):
     rec = checkpoint_age.main(MLP + ["--every", "1", "--threshold", "1.01",
-                                     "--out", str(tmp_path / "age")])
+                                     "--out", str(results / "age")])
     assert sorted(r["round1_epoch"] for r in rec["results"].values() if "round1_epoch" in r) \
         == [1, 2]
-    rec = grad_norms.main(MLP + ["--shrink", "0.5", "--out", str(tmp_path / "grad")])
+    rec = grad_norms.main(MLP + ["--shrink", "0.5", "--out", str(results / "grad")])
     res = rec["results"]
     assert set(res) == {"warm_start", "sp_0.5"}
     for r in res.values():
@@ -88,8 +89,9 @@ def test_checkpoint_age_and_grad_norms(tmp_path):
         assert len(r["start"]["grad_new"]) == 2
 
 
-def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(tmp_path):
-    rec = shrink_only.main(MLP + ["--shrinks", "0", "0.1", "0.5", "1", "--out", str(tmp_path)])
+def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(results):
+    rec = shrink_only.main(MLP + ["--shrinks", "0", "0.1", "0.5", "1",
+                                  "--out", str(results / "shrink")])
     acc = np.asarray(rec["results"]["mlp_nobias"]["val_acc"])
     # Positively homogeneous: any shrink > 0 keeps every argmax (shrink 0 gives all-zero
     # logits, i.e. class 0 everywhere).
@@ -98,8 +100,8 @@ def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(tmp_path):
     assert len(rec["results"]["mlp"]["val_acc"]) == 4
 
 
-def test_online_rounds_resume_and_active_selection(tmp_path):
-    args = MLP + ["--chunk", "60", "--out", str(tmp_path / "order")]
+def test_online_rounds_resume_and_active_selection(results):
+    args = MLP + ["--chunk", "60", "--out", str(results / "order")]
     first = online.main(args + ["--rounds", "2"])["results"]
     # More rounds extend the same run: rounds 0-1 are restored, only round 2 trains.
     rec = online.main(args + ["--rounds", "3"])
@@ -109,14 +111,14 @@ def test_online_rounds_resume_and_active_selection(tmp_path):
     assert [r["n"] for r in res["warm_start"]] == [60, 120, 160]
     # Round 0 is shared by every arm.
     assert res["random_init"][0]["seeds"] == res["sp_0.6"][0]["seeds"]
-    kept = sorted(p.name for p in (tmp_path / "order" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (results / "order" / "checkpoints").iterdir())
     assert kept == ["random_init_r002", "sp_0.6_r002", "warm_start_r002"]
     again = online.main(args + ["--rounds", "3"])  # finished: restored, nothing retrains
     assert again["results"] == res
     rec = online.main(MLP + ["--chunk", "60", "--rounds", "3", "--select", "margin",
                              "--label-noise", "0.25", "--shrink", "--out",
-                             str(tmp_path / "active")])
-    book = json.loads((tmp_path / "active" / "online.json").read_text())
+                             str(results / "active")])
+    book = json.loads((results / "active" / "online.json").read_text())
     for arm in ("random_init", "warm_start"):
         order = book["order"][arm]
         assert len(order) == 160 and len(set(order)) == 160
@@ -131,8 +133,8 @@ def test_transfer_with_a_new_head(tmp_path):
         _seeds_ok(rec["results"]["fractions"]["1"]["arms"][arm])
 
 
-def test_bn_stats_modes_and_mismatch_probe(tmp_path):
-    rec = bn_stats.main(RESNET + ["--settings", "0.05:32", "--out", str(tmp_path)])
+def test_bn_stats_modes_and_mismatch_probe(results):
+    rec = bn_stats.main(RESNET + ["--settings", "0.05:32", "--out", str(results / "bn")])
     res = rec["cells"]["lr0.05_b32"]["results"]
     assert {"warm_start_bn_keep", "warm_start_bn_reset", "warm_start_bn_recompute"} <= set(res)
     for r in res.values():
@@ -143,7 +145,7 @@ def test_bn_stats_modes_and_mismatch_probe(tmp_path):
     assert np.all(start["warm_start_bn_keep"] > 10 * start["warm_start_bn_recompute"])
     assert np.all(start["warm_start_bn_reset"] > 10 * start["warm_start_bn_recompute"])
     # Redraw from the saved files alone.
-    drawn = redraw.main([str(tmp_path)])
+    drawn = redraw.main([str(results / "bn")])
     assert any(p.name == "bn_stats.png" for p in drawn)
 
 
@@ -152,3 +154,21 @@ def test_bad_flags_are_named(tmp_path):
         warm_start.main(MLP[:-1] + ["16,x", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="lr:batch"):
         bn_stats.main(RESNET + ["--settings", "fast", "--out", str(tmp_path / "b")])
+
+
+def test_claims_table_reads_every_run(results):
+    """The claims table, made from this module's runs: each script that ran gives verdicts."""
+    scripts = {json.loads(p.read_text())["script"] for p in results.glob("*/results.json")}
+    if len(scripts) < 8:
+        pytest.skip("needs the runs of the tests above (run the whole module)")
+    rows = claims.claims(results)
+    ran = [r for r in rows if not r["verdict"].startswith("not run")]
+    assert {r["verdict"].split(" ")[0] for r in ran} <= {"confirmed", "refuted", "inconclusive"}
+    evidence = " ".join(r["evidence"] for r in ran)
+    for name in ("Table 1", "curves", "grid", "po", "reg", "sweep", "step", "age", "grad",
+                 "shrink", "order", "active", "bn"):
+        assert name in evidence, name
+    # Transfer ran elsewhere: its row says what to run.
+    assert [r["verdict"] for r in rows if "transfer" in r["claim"]] == [
+        "not run: " + claims.COMMANDS["experiments.transfer"]]
+

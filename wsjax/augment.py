@@ -42,8 +42,7 @@ def random_crop(key, images, padding: int = 4, mode: str = "constant"):
 
 def random_flip(key, images):
     """Flips a random half (in expectation) of the images left-right."""
-    flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
-    return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    return flip_where(images, jax.random.bernoulli(key, 0.5, (images.shape[0],)))
 
 
 def cutout(key, images, size: int = 8):
@@ -56,6 +55,43 @@ def cutout(key, images, size: int = 8):
     ys, xs = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
+
+
+def flip_where(images, flip):
+    """Flips left-right the images where the boolean vector ``flip`` is true."""
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def alternating_flip_mask(key, num_images: int, epoch):
+    """Which of ``num_images`` stored images to flip in ``epoch`` (airbench's alternating flip):
+    epoch 0 flips a random half (drawn from ``key``, the same every epoch), and every later
+    epoch flips each image the other way from the epoch before, so each image is seen in both
+    orientations in any two consecutive epochs. ``epoch`` may be traced."""
+    base = jax.random.bernoulli(key, 0.5, (num_images,))
+    return jnp.logical_xor(base, jnp.asarray(epoch) % 2 == 1)
+
+
+def translate_views(images, shift: int = 1):
+    """The two TTA translations of airbench: reflect-pad by ``shift`` and take the top-left and
+    the bottom-right windows (content moved ``shift`` pixels down-right and up-left)."""
+    h, w = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    return padded[:, :h, :w], padded[:, 2 * shift:, 2 * shift:]
+
+
+def tta_logits(apply, images, level: int = 2):
+    """Test-time augmentation of ``apply(images) -> logits`` (airbench's levels): 0 the images
+    alone; 1 the mean over the images and their mirror images; 2 half of level 1 plus a quarter
+    each of level 1 on the two 1-pixel translations (``translate_views``): six views."""
+    if level not in (0, 1, 2):
+        raise ValueError(f"TTA level={level} must be 0, 1 or 2")
+    mirror = lambda x: 0.5 * (apply(x) + apply(x[:, :, ::-1]))
+    if level == 0:
+        return apply(images)
+    if level == 1:
+        return mirror(images)
+    up_left, down_right = translate_views(images)
+    return 0.5 * mirror(images) + 0.25 * mirror(up_left) + 0.25 * mirror(down_right)
 
 
 AUGMENTATIONS = {"crop": random_crop, "flip": random_flip, "cutout": cutout}

@@ -24,19 +24,22 @@ import jax.numpy as jnp
 class BatchNorm(nn.Module):
     """``__call__(x, mask=None)``: normalizes over every axis but the last. In training
     (``use_running_average=False``) the statistics are those of the rows where ``mask``
-    (broadcastable to ``x``) is true, and the running averages are updated."""
+    (broadcastable to ``x``) is true, and the running averages are updated. ``use_scale=False``
+    fixes the scale at 1 (no parameter), as the fast CIFAR-10 nets do."""
 
     use_running_average: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x, mask=None):
         features = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        scale = (self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+                 if self.use_scale else jnp.ones((features,), jnp.float32))
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
