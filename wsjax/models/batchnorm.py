@@ -25,13 +25,16 @@ class BatchNorm(nn.Module):
     """``__call__(x, mask=None)``: normalizes over every axis but the last. In training
     (``use_running_average=False``) the statistics are those of the rows where ``mask``
     (broadcastable to ``x``) is true, and the running averages are updated. ``use_scale=False``
-    fixes the scale at 1 (no parameter), as the fast CIFAR-10 nets do."""
+    fixes the scale at 1 (no parameter), as the fast CIFAR-10 nets do. ``ghost_size`` (Page's
+    ghost BatchNorm) normalizes each group of that many examples with its own statistics in
+    training; the running averages take the mean of the groups' statistics."""
 
     use_running_average: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
     use_scale: bool = True
+    ghost_size: int | None = None
 
     @nn.compact
     def __call__(self, x, mask=None):
@@ -43,6 +46,8 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
+        elif self.ghost_size and x.shape[0] > self.ghost_size:
+            return self._ghost(x, mask, ra_mean, ra_var, scale, bias)
         else:
             xf = x.astype(jnp.float32)
             axes = tuple(range(x.ndim - 1))
@@ -57,3 +62,21 @@ class BatchNorm(nn.Module):
         y = (x.astype(jnp.float32) - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon)))
         y = y + bias
         return y.astype(self.dtype or x.dtype)
+
+    def _ghost(self, x, mask, ra_mean, ra_var, scale, bias):
+        n, g = x.shape[0], self.ghost_size
+        if mask is not None or n % g:
+            raise ValueError(f"ghost BatchNorm needs whole groups: batch {n} is not a multiple "
+                             f"of ghost_size={g} (or a mask was given); use whole batches")
+        xf = x.astype(jnp.float32).reshape(n // g, g, *x.shape[1:])
+        axes = tuple(range(1, xf.ndim - 1))
+        mean = jnp.mean(xf, axes, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+        if not self.is_initializing():
+            group_axes = tuple(range(xf.ndim - 1))
+            ra_mean.value = (self.momentum * ra_mean.value
+                             + (1 - self.momentum) * jnp.mean(mean, group_axes))
+            ra_var.value = (self.momentum * ra_var.value
+                            + (1 - self.momentum) * jnp.mean(var, group_axes))
+        y = (xf - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
+        return y.reshape(x.shape).astype(self.dtype or x.dtype)
