@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import sys
 import time
@@ -182,7 +183,6 @@ def mode_airbench(recipe, ds, data, args) -> dict:
 def _write_airbench_data(torch, ds) -> None:
     """airbench reads ``cifar10/train.pt`` and ``test.pt`` from the working directory (and
     downloads when they are missing): write ours there so both systems see the same data."""
-    import os
     os.makedirs("cifar10", exist_ok=True)
     for name, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
         path = os.path.join("cifar10", f"{name}.pt")
@@ -229,6 +229,9 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--compile-cache", default="~/.cache/wsjax/xla",
+                   help="XLA's persistent compilation cache ('' for none): a second invocation "
+                        "skips compiling")
     p.add_argument("--quick", action="store_true", help=f"CPU minutes: {QUICK}")
     p.add_argument("--out", default="runs/speedrun")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -236,6 +239,9 @@ def main(argv=None) -> dict:
         for k, v in QUICK.items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.expanduser(args.compile_cache))
     recipe = RECIPES[args.recipe].replace(**parse_overrides(args.set))
     ds = load_data(args)
     data = as_device_arrays(ds.x_train, ds.y_train, ds.x_test, ds.y_test)

@@ -194,7 +194,7 @@ def test_set_flag_parsing():
 
 def test_quick_warm_start_run(tmp_path):
     rec = speedrun_script.main(["--quick", "--mode", "warm-start", "--runs", "2", "--shrink",
-                                "0.3", "--out", str(tmp_path)])
+                                "0.3", "--compile-cache", "", "--out", str(tmp_path)])
     res = rec["results"]
     assert set(res) == {"random_init", "warm_start", "sp_0.3"}
     for arm in res.values():
