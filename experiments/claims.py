@@ -236,6 +236,9 @@ def _sp_grid(t: Table, name: str, rec: dict):
         if (s, 0.0) in arms and (s, p) in arms:
             t.gap(f"Perturbing after shrinking helps accuracy (shrink {s:g}: noise {p:g} - none)",
                   name, res, arms[(s, p)], arms[(s, 0.0)])
+            t.add(f"... and time (shrink {s:g}: final-round epochs, none - noise {p:g})", name,
+                  paired_mean_se(res[arms[(s, 0.0)]]["seeds"], res[arms[(s, p)]]["seeds"],
+                                 "epochs", 1.0), unit="epochs", n=len(res[arms[(s, p)]]["seeds"]))
     if arms:
         best = max(arms.values(), key=lambda a: np.mean([r["val_acc"] for r in res[a]["seeds"]]))
         t.gap(f"Shrink-perturb closes the gap (best cell {best} - random init; 0 = closed)",
@@ -264,8 +267,11 @@ def _bn_stats(t: Table, records: list[tuple[str, dict]]):
     for _, rec in records:
         for cell, c in rec["cells"].items():
             for arm, r in c["results"].items():
-                into = pooled.setdefault(cell, {}).setdefault(arm, {"seeds": [], "start": {}})
+                into = pooled.setdefault(cell, {}).setdefault(
+                    arm, {"seeds": [], "start": {}, "epoch1_train_acc": []})
                 into["seeds"] += r["seeds"]
+                if r.get("history"):
+                    into["epoch1_train_acc"] += r["history"][0]["train_acc"]
                 for k, v in r.get("start", {}).items():
                     into["start"].setdefault(k, []).extend(v)
     names = ", ".join(n for n, _ in records)
@@ -280,6 +286,10 @@ def _bn_stats(t: Table, records: list[tuple[str, dict]]):
         t.add("Claim 5: reset converges faster (keep - reset, final-round epochs)", at,
               paired_mean_se(res[keep]["seeds"], res[reset]["seeds"], "epochs", 1.0),
               unit="epochs", n=n)
+        first = lambda a: _per_seed(res[a]["seeds"], res[a]["epoch1_train_acc"], "acc")
+        if res[reset]["epoch1_train_acc"] and res[keep]["epoch1_train_acc"]:
+            t.add("... and starts faster (reset - keep, round-2 train acc of epoch 1)", at,
+                  paired_mean_se(first(reset), first(keep), "acc"), n=n)
         t.gap("Claim 6: the gap comes from the BN mismatch, so matched statistics close it "
               "(random - recompute; 0 = closed)", at, res, b=recompute, sign=0)
         if res[keep]["start"].get("bn_mean_gap"):
