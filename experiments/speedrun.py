@@ -4,8 +4,9 @@ ablation, and the study's two-phase warm-start experiment with this recipe.
 Modes (``--mode``):
   time       --runs N timed runs: TTA test accuracy mean ± std, median seconds.
   airbench   on a CUDA GPU with the PyPI ``airbench`` (0.1.8) installed: airbench94's
-             ``train94`` and ours alternately, --runs each, on the same data (ours read from
-             ``cifar10/train.pt`` / ``test.pt`` too when they exist); time ratio and accuracy gap.
+             ``train94`` and ours alternately, --runs each, on the same data (ours written to
+             ``cifar10/train.pt`` / ``test.pt``, which airbench reads); time ratio and
+             accuracy difference.
   ablate     the full recipe, then each trick of ``wsjax.speedrun.TRICKS`` switched off
              (``--tricks`` picks some), --runs each: accuracy and time against the full recipe.
   warm-start two-phase on the training set: random init on 100% vs round 1 on 50% then 100%
@@ -146,16 +147,23 @@ def mode_warm_start(recipe, ds, data, args) -> dict:
 
 
 def mode_airbench(recipe, ds, data, args) -> dict:
+    if ds.x_train.shape[1:] != (32, 32, 3) or len(ds.x_train) != 50_000 or args.train_subset:
+        raise ValueError("--mode airbench compares on the whole CIFAR-10 (50,000 32x32 training "
+                         "images): drop --train-subset and --quick, use --dataset cifar10")
     try:
         import torch
-        _write_airbench_data(torch, ds)  # before the import: airbench opens its loader then
-        import airbench  # PyPI airbench 0.1.8: PyTorch, CUDA only
     except ImportError:
-        raise ValueError("--mode airbench needs torch and the PyPI airbench package: see "
-                         "../shared/GPU.md (pip install --no-index .devdata/airbench-0.1.8.tar.gz)"
-                         ) from None
+        raise ValueError("--mode airbench needs torch (and the PyPI airbench package)") from None
+    # airbench's loader opens its data on cuda:0 when it is imported: check first.
     if not torch.cuda.is_available():
         raise ValueError("--mode airbench needs a CUDA GPU (airbench94 runs on CUDA only)")
+    _write_airbench_data(torch, ds)  # before the import, which reads the files
+    try:
+        import airbench  # PyPI airbench 0.1.8
+    except ImportError:
+        raise ValueError("--mode airbench needs the PyPI airbench package: see ../shared/GPU.md "
+                         "(pip install --no-index --no-deps .devdata/airbench-0.1.8.tar.gz)"
+                         ) from None
     n = len(data[0])
     sr = Speedrun(recipe, num_train=n)
     x, y, xt, yt = data
@@ -182,14 +190,14 @@ def mode_airbench(recipe, ds, data, args) -> dict:
 
 def _write_airbench_data(torch, ds) -> None:
     """airbench reads ``cifar10/train.pt`` and ``test.pt`` from the working directory (and
-    downloads when they are missing): write ours there so both systems see the same data."""
+    downloads when they are missing): write ours there, always, so both systems see the same
+    data (a stale file from another run would not)."""
     os.makedirs("cifar10", exist_ok=True)
     for name, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
         path = os.path.join("cifar10", f"{name}.pt")
-        if not os.path.exists(path):
-            torch.save({"images": torch.tensor(np.asarray(x, np.uint8)),
-                        "labels": torch.tensor(np.asarray(y, np.int64)),
-                        "classes": [str(i) for i in range(ds.num_classes)]}, path)
+        torch.save({"images": torch.tensor(np.asarray(x, np.uint8)),
+                    "labels": torch.tensor(np.asarray(y, np.int64)),
+                    "classes": [str(i) for i in range(ds.num_classes)]}, path)
 
 
 def timed_runs_once(sr, data, seed) -> list[dict]:

@@ -7,13 +7,13 @@ import optax
 import pytest
 
 from experiments import speedrun as speedrun_script
-from wsjax.augment import alternating_flip_mask, translate_views, tta_logits
+from wsjax.augment import alternating_flip_mask, cutout, translate_views, tta_logits
 from wsjax.lookahead import lookahead_decay, lookahead_sync
 from wsjax.models.airbench import AirbenchNet, identity_init
 from wsjax.models.whitening import image_patches, whitening_filters
 from wsjax.muon import muon, orthogonalize
 from wsjax.models.batchnorm import BatchNorm
-from wsjax.speedrun import (AIRBENCH94, PAGE_RESNET9, TRICKS, Recipe, build_model, lr_factor,
+from wsjax.speedrun import (AIRBENCH94, AIRBENCH94_MUON, PAGE_RESNET9, TRICKS, Recipe, build_model, lr_factor,
                             make_optimizer, param_labels, run_length)
 
 
@@ -56,6 +56,12 @@ def test_translate_views_and_six_view_tta():
     np.testing.assert_allclose(tta_logits(apply, x, 2), expect, rtol=1e-6)
     with pytest.raises(ValueError, match="TTA level"):
         tta_logits(apply, x, 3)
+
+
+def test_cutout_within_keeps_the_whole_square_inside():
+    images = jnp.ones((64, 10, 10, 3))
+    out = cutout(jax.random.key(0), images, 4, within=True)
+    np.testing.assert_array_equal((out[..., 0] == 0).sum((1, 2)), 16)
 
 
 def test_alternating_flip_alternates_each_image():
@@ -156,9 +162,18 @@ def test_optimizer_groups_schedule_and_recipe_errors():
     assert labels["whiten"] == {"kernel": "frozen", "bias": "whiten_bias"}
     assert labels["group2"]["norm1"]["bias"] == "bn_bias"
     assert labels["group2"]["conv1"]["kernel"] == "default"
-    muon_labels = param_labels(v["params"], r.replace(optimizer="muon"))
+    muon_labels = param_labels(v["params"], AIRBENCH94_MUON)
     assert muon_labels["group2"]["conv1"]["kernel"] == "filters"
-    assert muon_labels["head"]["kernel"] == "default"
+    assert muon_labels["head"]["kernel"] == "head"  # its own lr in the Muon recipe
+    # The Muon recipe's whitening bias lr falls linearly to 0 over its epochs.
+    recipe = AIRBENCH94_MUON.replace(whiten_bias_epochs=1, momentum=0.0)
+    tx = make_optimizer(recipe, v["params"], total_steps=10, steps_per_epoch=4)
+    state, steps = tx.init(v["params"]), []
+    for _ in range(5):
+        updates, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, v["params"]), state,
+                                            v["params"])
+        steps.append(float(jnp.abs(updates["whiten"]["bias"]).max()))
+    assert steps[0] > steps[1] > steps[2] > steps[3] > 0 and steps[4] == 0
     # Steps: whole batches only, ceil(epochs * steps per epoch): airbench94's 476.
     assert run_length(AIRBENCH94, 50_000) == (48, 476)
     f = lr_factor(AIRBENCH94, 476)

@@ -45,13 +45,19 @@ def random_flip(key, images):
     return flip_where(images, jax.random.bernoulli(key, 0.5, (images.shape[0],)))
 
 
-def cutout(key, images, size: int = 8):
-    """Zeros a ``size`` x ``size`` square per image whose centre is a random pixel; the square
-    is clipped at the borders (DeVries & Taylor's cutout, as in Page's recipe)."""
+def cutout(key, images, size: int = 8, *, within: bool = False):
+    """Zeros a ``size`` x ``size`` square per image. By default its centre is a random pixel
+    and the square is clipped at the borders (DeVries & Taylor's cutout); ``within=True`` keeps
+    it whole inside the image (Page's and airbench's form). Applied to normalized images, zero
+    is the mean colour."""
     n, h, w = images.shape[:3]
     ky, kx = jax.random.split(key)
-    top = jax.random.randint(ky, (n, 1, 1), 0, h) - size // 2
-    left = jax.random.randint(kx, (n, 1, 1), 0, w) - size // 2
+    if within:
+        top = jax.random.randint(ky, (n, 1, 1), 0, h - size + 1)
+        left = jax.random.randint(kx, (n, 1, 1), 0, w - size + 1)
+    else:
+        top = jax.random.randint(ky, (n, 1, 1), 0, h) - size // 2
+        left = jax.random.randint(kx, (n, 1, 1), 0, w) - size // 2
     ys, xs = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)

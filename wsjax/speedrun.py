@@ -63,13 +63,20 @@ class Recipe:
     frozen_bn_scale: bool = True  # BatchNorm scales fixed at 1 (no parameter)
     flip: str = "alternating"  # 'alternating', 'random' or 'none'
     translate: int = 2  # pixels of reflect-padded random translation (0: none)
-    cutout: int = 0  # side of Page's cutout square (0: none)
+    cutout: int = 0  # side of Page's cutout square, kept inside the image (0: none)
     lookahead: bool = True
     lookahead_every: int = 5
     lookahead_start_epoch: int = 3
     tta_level: int = 2  # 0: none, 1: mirror, 2: mirror + two 1-pixel translations
     bf16: bool = True  # bfloat16 activations and convolutions; float32 BN statistics
     optimizer: str = "nesterov"  # or 'muon' (Muon for the 3x3 filters, SGD for the rest)
+    # Absolute learning rates of the head and of the BN / whitening biases (0: the airbench94
+    # rule above), a head rescaled to this weight std at init (0: PyTorch's init), and a
+    # whitening bias lr that falls linearly to 0 over its epochs instead of stopping.
+    head_lr: float = 0.0
+    bias_lr: float = 0.0
+    head_init_std: float = 0.0
+    whiten_bias_linear: bool = False
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
     muon_ns_steps: int = 3
@@ -104,9 +111,13 @@ class Recipe:
 
 AIRBENCH94 = Recipe()
 # airbench94_muon: Muon for the conv filters, batch 2000, 8 epochs, no warm-up or lookahead,
-# head output divided by its width.
+# lr falling linearly to 0, head output divided by its width, head at std 1 with lr 0.67, BN
+# and whitening biases at lr 0.053 (the whitening bias decaying to 0 over 3 epochs). Weight
+# decay: airbench94's rule (the same absolute decay per step for every SGD group).
 AIRBENCH94_MUON = Recipe(optimizer="muon", batch_size=2000, epochs=8.0, warmup=0.0,
-                         start_lr=1.0, lookahead=False, logit_scale=1.0 / 256)
+                         start_lr=1.0, end_lr=0.0, lookahead=False, logit_scale=1.0 / 256,
+                         head_lr=0.67, bias_lr=0.053, head_init_std=1.0,
+                         whiten_bias_linear=True)
 
 # David Page's final ResNet-9 recipe (V100, 26 s), in this trainer's units: batch 512, 10
 # epochs, Nesterov 0.9, triangular lr, pad-4 crop + flip + 8x8 cutout, label smoothing 0.2,
@@ -149,7 +160,8 @@ def build_model(recipe: Recipe, num_classes: int = 10):
 
 def param_labels(params, recipe: Recipe):
     """Optimizer group of every parameter: 'frozen' (the whitening filters), 'whiten_bias',
-    'bn_bias', 'filters' (3x3 convs, under Muon) or 'default'."""
+    'bn_bias', 'filters' (conv filters, under Muon), 'head' (when it has its own lr) or
+    'default'."""
 
     def label(path, leaf):
         parts = path_str(path).split("/")
@@ -161,6 +173,8 @@ def param_labels(params, recipe: Recipe):
             return "bn_bias"
         if recipe.optimizer == "muon" and leaf.ndim == 4:
             return "filters"
+        if parts[0] == "head" and recipe.head_lr:
+            return "head"
         return "default"
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -189,18 +203,24 @@ def make_optimizer(recipe: Recipe, params, total_steps: int,
     lr, wd = recipe.lr / kilo, recipe.weight_decay * recipe.batch_size / kilo
     factor = lr_factor(recipe, total_steps)
 
-    def sgd(base_lr):
+    def sgd(base_lr, schedule=factor):
         return optax.chain(optax.add_decayed_weights(wd / base_lr),
                            optax.trace(recipe.momentum, nesterov=True),
-                           optax.scale_by_schedule(lambda s: -base_lr * factor(s)))
+                           optax.scale_by_schedule(lambda s: -base_lr * schedule(s)))
 
-    bias_lr = lr * recipe.bias_scaler
+    bias_lr = recipe.bias_lr or lr * recipe.bias_scaler
     whiten_steps = recipe.whiten_bias_epochs * steps_per_epoch
+    if recipe.whiten_bias_linear:  # falls to 0 over its epochs
+        whiten = sgd(recipe.bias_lr or lr,
+                     lambda s: jnp.maximum(0.0, 1.0 - s / max(whiten_steps, 1)))
+    else:  # trained for its epochs, then frozen (airbench94)
+        whiten = optax.chain(sgd(lr), optax.scale_by_schedule(
+            lambda s: (s < whiten_steps).astype(jnp.float32)))
     groups = {
         "default": sgd(lr),
+        "head": sgd(recipe.head_lr or lr),
         "bn_bias": sgd(bias_lr),
-        "whiten_bias": optax.chain(
-            sgd(lr), optax.scale_by_schedule(lambda s: (s < whiten_steps).astype(jnp.float32))),
+        "whiten_bias": whiten,
         "frozen": optax.set_to_zero(),
         "filters": muon(lambda s: recipe.muon_lr * factor(s), recipe.muon_momentum,
                         ns_steps=recipe.muon_ns_steps),
@@ -256,8 +276,15 @@ class Speedrun:
         variables = self.model.init(key, sample, train=False)
         variables = {"params": variables["params"],
                      "batch_stats": variables.get("batch_stats", {})}
+        if self.recipe.head_init_std:
+            params = variables["params"]
+            head = params["head"]["kernel"]
+            head = head * (self.recipe.head_init_std / jnp.std(head))
+            variables = {**variables, "params": {**params, "head": {**params["head"],
+                                                                    "kernel": head}}}
         if self.recipe.whiten:
-            images = self._normalize(x_train[: self.recipe.whiten_images]).astype(jnp.float32)
+            # float32: bf16-rounded pixels would blur the patch covariance.
+            images = normalize(x_train[: self.recipe.whiten_images], self.mean, self.std)
             params = variables["params"]
             kernel = whitening_filters(images, params["whiten"]["kernel"].shape[0])
             params = {**params, "whiten": {**params["whiten"], "kernel": kernel}}
@@ -302,9 +329,10 @@ class Speedrun:
                 images = random_flip(jax.random.fold_in(k, 0), images)
             if r.translate:
                 images = random_crop(jax.random.fold_in(k, 1), images, r.translate, "reflect")
-            if r.cutout:
-                images = cutout(jax.random.fold_in(k, 2), images, r.cutout)
-            grads, stats = grad_fn(params, stats, self._normalize(images), y_train[idx])
+            images = self._normalize(images)
+            if r.cutout:  # on normalized images: the square takes the mean colour, as Page's
+                images = cutout(jax.random.fold_in(k, 2), images, r.cutout, within=True)
+            grads, stats = grad_fn(params, stats, images, y_train[idx])
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if r.lookahead:
