@@ -308,7 +308,7 @@ SINGLE = {
     "experiments.sp_grid": _sp_grid,
     "experiments.perturb_only": _perturb_only,
     "experiments.warm_start": _two_phase,
-    "experiments.sweep": _cells("The gap does not depend on lr and batch (random - warm)"),
+    "experiments.sweep": _cells("The gap appears at every lr and batch (random - warm)"),
     "experiments.regularization": _cells("Regularization does not close the gap (random - warm)"),
     "experiments.sp_every_step": _cells("Warm start vs random init, shrink-perturb every step "
                                         "(random - warm)"),
