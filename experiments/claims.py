@@ -71,10 +71,8 @@ def fmt(effect, unit="pp") -> str:
 
 def _records(root: Path) -> list[tuple[str, dict]]:
     """``(run name, record)`` for every run directly under ``root``, sorted by name."""
-    out = []
-    for path in sorted(root.glob("*/results.json")):
-        out.append((path.parent.name, json.loads(path.read_text())))
-    return out
+    return [(path.parent.name, json.loads(path.read_text()))
+            for path in sorted(root.glob("*/results.json"))]
 
 
 def _per_seed(rows, values, key):
@@ -88,39 +86,47 @@ class Table:
     def __init__(self):
         self.rows = []
 
-    def add(self, claim, evidence, effect=None, sign=1, unit="pp", n=2, tol=0.0, missing=None):
-        if effect is None:
-            self.rows.append({"claim": claim, "evidence": evidence, "effect": "-",
-                              "verdict": f"not run: {missing}"})
-        else:
-            self.rows.append({"claim": claim, "evidence": evidence, "effect": fmt(effect, unit),
-                              "verdict": verdict(effect, sign, n, tol)})
+    def add(self, claim, evidence, effect, n, sign=1, unit="pp", tol=0.0):
+        """A row with ``effect`` = (mean, SE) over ``n`` seeds."""
+        self.rows.append({"claim": claim, "evidence": evidence, "effect": fmt(effect, unit),
+                          "verdict": verdict(effect, sign, n, tol)})
+
+    def missing(self, claim, evidence, command):
+        self.rows.append({"claim": claim, "evidence": evidence, "effect": "-",
+                          "verdict": f"not run: {command}"})
+
+    def mean(self, claim, evidence, values, **kw):
+        """The mean ± SE of per-seed ``values``."""
+        self.add(claim, evidence, mean_se(values), len(values), **kw)
+
+    def paired(self, claim, evidence, a_rows, b_rows, key="val_acc", scale=100.0, **kw):
+        """``scale * (a - b)`` of ``key`` over the seeds both per-seed row lists have."""
+        n = len({r["seed"] for r in a_rows} & {r["seed"] for r in b_rows})
+        self.add(claim, evidence, paired_mean_se(a_rows, b_rows, key, scale), n, **kw)
 
     def gap(self, claim, evidence, res, a="random_init", b="warm_start", sign=1,
             tol=CLOSED_PP):
         """``a - b`` validation accuracy (pp), paired by seed."""
-        self.add(claim, evidence, paired_mean_se(res[a]["seeds"], res[b]["seeds"]), sign,
-                 n=len(res[a]["seeds"]), tol=tol)
+        self.paired(claim, evidence, res[a]["seeds"], res[b]["seeds"], sign=sign, tol=tol)
 
 
 def _table1(t: Table, name: str, cells: list[tuple[str, dict]]):
-    for cell, res in cells:
+    for cell, rec in cells:
         t.gap("Warm-started models generalize worse (random init - warm start, val acc)",
-              f"Table 1 {cell}", res)
-    for cell, res in cells:
+              f"Table 1 {cell}", rec["results"])
+    for cell, rec in cells:
         # Compute as passes over the full fitted split (epochs x share of the data): unlike
         # seconds on a shared machine, it does not depend on what else was running.
-        frac = 0.5  # Table 1: round 1 sees half the fitted split
+        res, frac = rec["results"], rec["config"]["first_fraction"]
         r1 = {r["seed"]: r["epochs"] for r in res["warm_start"]["round1"]}
         fresh = [{"seed": r["seed"], "p": r["epochs"]} for r in res["random_init"]["seeds"]]
         final = [{"seed": r["seed"], "p": r["epochs"]} for r in res["warm_start"]["seeds"]]
         both = [{"seed": r["seed"], "p": r["epochs"] + frac * r1[r["seed"]]}
                 for r in res["warm_start"]["seeds"]]
-        n = len(fresh)
-        t.add("Warm-starting saves compute (random init - warm start, final round)",
-              f"Table 1 {cell}", paired_mean_se(fresh, final, "p", 1.0), unit="passes", n=n)
-        t.add("... even counting round 1 (random init - warm start, both rounds)",
-              f"Table 1 {cell}", paired_mean_se(fresh, both, "p", 1.0), unit="passes", n=n)
+        t.paired("Warm-starting saves compute (random init - warm start, final round)",
+                 f"Table 1 {cell}", fresh, final, "p", 1.0, unit="passes")
+        t.paired("... even counting round 1 (random init - warm start, both rounds)",
+                 f"Table 1 {cell}", fresh, both, "p", 1.0, unit="passes")
 
 
 def _label_noise(t: Table, name: str, res: dict, config: dict):
@@ -146,12 +152,11 @@ def _shrink_only(t: Table, name: str, rec: dict):
         r = rec["results"][model]
         acc, shrinks = np.asarray(r["val_acc"]) * 100, r["shrinks"]
         i = shrinks.index(0.5) if 0.5 in shrinks else len(shrinks) // 2
-        drop = mean_se(acc[-1] - acc[i])
         nobias = model.endswith("nobias")
         text = (f"Shrinking (x0.5) leaves a bias-free ReLU net's accuracy alone ({model})"
                 if nobias else f"... but costs a net with biases accuracy ({model})")
-        t.add(f"{text}: acc(1) - acc(0.5)", f"Fig 6 {name}", drop, sign=0 if nobias else 1,
-              n=len(acc[-1]), tol=0.1)
+        t.mean(f"{text}: acc(1) - acc(0.5)", f"Fig 6 {name}", acc[-1] - acc[i],
+               sign=0 if nobias else 1, tol=0.1)
 
 
 def _online(t: Table, name: str, rec: dict):
@@ -159,25 +164,23 @@ def _online(t: Table, name: str, rec: dict):
     select = rec["config"].get("select", "order")
     label = "online (data arrive in chunks)" if select == "order" else f"active selection ({select})"
     last = lambda arm: res[arm][-1]["seeds"]
-    n = len(last("warm_start"))
     at = f"{name}, n={res['warm_start'][-1]['n']}"
     if "random_init" in res:
-        t.add(f"Warm start generalizes worse, {label} (last round, random - warm)", at,
-              paired_mean_se(last("random_init"), last("warm_start")), n=n)
+        t.paired(f"Warm start generalizes worse, {label} (last round, random - warm)", at,
+                 last("random_init"), last("warm_start"))
     for arm in [a for a in res if a.startswith("sp_")]:
-        t.add(f"Shrink-perturb narrows the gap, {label} (last round, {arm} - warm)", at,
-              paired_mean_se(last(arm), last("warm_start")), n=n)
+        t.paired(f"Shrink-perturb narrows the gap, {label} (last round, {arm} - warm)", at,
+                 last(arm), last("warm_start"))
         if "random_init" not in res:
             continue
-        t.add(f"... and closes it ({label}, last round, random - {arm}; 0 = closed)", at,
-              paired_mean_se(last("random_init"), last(arm)), sign=0, n=n, tol=CLOSED_PP)
+        t.paired(f"... and closes it ({label}, last round, random - {arm}; 0 = closed)", at,
+                 last("random_init"), last(arm), sign=0, tol=CLOSED_PP)
         # Examples processed over all rounds (epochs x training-set size), in millions.
         total = lambda a: [{"seed": s["seed"], "t": sum(r["seeds"][i]["epochs"] * r["n"]
                                                         for r in res[a]) / 1e6}
                            for i, s in enumerate(res[a][-1]["seeds"])]
-        t.add(f"... with less training than random init ({label}, random - {arm})", at,
-              paired_mean_se(total("random_init"), total(arm), "t", 1.0), unit="M examples",
-              n=n)
+        t.paired(f"... with less training than random init ({label}, random - {arm})", at,
+                 total("random_init"), total(arm), "t", 1.0, unit="M examples")
 
 
 def _curves(t: Table, name: str, rec: dict):
@@ -188,9 +191,9 @@ def _curves(t: Table, name: str, rec: dict):
     # near 0 and spiky (Adam), so a ratio of losses says nothing.
     fit = {a: 100 * np.mean([h["train_acc"] for h in res[a]["history"][-5:]], axis=0)
            for a in ("random_init", "warm_start")}
-    t.add("... with a similar fit of the training data (warm - random, train acc of the last "
-          "5 epochs)", name, mean_se(fit["warm_start"] - fit["random_init"]), sign=0,
-          n=len(fit["warm_start"]), tol=SIMILAR_FIT_PP)
+    t.mean("... with a similar fit of the training data (warm - random, train acc of the last "
+           "5 epochs)", name, fit["warm_start"] - fit["random_init"], sign=0,
+           tol=SIMILAR_FIT_PP)
 
 
 def _checkpoint_age(t: Table, name: str, rec: dict):
@@ -205,9 +208,8 @@ def _checkpoint_age(t: Table, name: str, rec: dict):
         pooled = [{"seed": r["seed"], "val_acc": np.mean([res[a]["seeds"][i]["val_acc"]
                                                           for a in later])}
                   for i, r in enumerate(res[later[0]]["seeds"])]
-        t.add(f"... from round-1 epoch {ages[1][0]} on (random - warm, mean over those "
-              f"{len(later)} checkpoints)", name,
-              paired_mean_se(res["random_init"]["seeds"], pooled), n=len(pooled))
+        t.paired(f"... from round-1 epoch {ages[1][0]} on (random - warm, mean over those "
+                 f"{len(later)} checkpoints)", name, res["random_init"]["seeds"], pooled)
 
 
 def _grad_norms(t: Table, name: str, rec: dict):
@@ -219,12 +221,12 @@ def _grad_norms(t: Table, name: str, rec: dict):
                          "r")
 
     warm = ratio("warm_start")
-    t.add("Warm start: smaller gradients on old than on new data (1 - old/new norm, start of "
-          "round 2)", name, mean_se([1 - r["r"] for r in warm]), unit="", n=len(warm))
+    t.mean("Warm start: smaller gradients on old than on new data (1 - old/new norm, start of "
+           "round 2)", name, [1 - r["r"] for r in warm], unit="")
     sp = sorted((a for a in res if a.startswith("sp_")), key=lambda a: float(a[3:]))
     if sp:
-        t.add(f"Shrink-perturb balances them ({sp[0]} - warm, old/new norm ratio)", name,
-              paired_mean_se(ratio(sp[0]), warm, "r", 1.0), unit="", n=len(warm))
+        t.paired(f"Shrink-perturb balances them ({sp[0]} - warm, old/new norm ratio)", name,
+                 ratio(sp[0]), warm, "r", 1.0, unit="")
 
 
 def _sp_grid(t: Table, name: str, rec: dict):
@@ -236,16 +238,16 @@ def _sp_grid(t: Table, name: str, rec: dict):
         if (s, 0.0) in arms and (s, p) in arms:
             t.gap(f"Perturbing after shrinking helps accuracy (shrink {s:g}: noise {p:g} - none)",
                   name, res, arms[(s, p)], arms[(s, 0.0)])
-            t.add(f"... and time (shrink {s:g}: final-round epochs, none - noise {p:g})", name,
-                  paired_mean_se(res[arms[(s, 0.0)]]["seeds"], res[arms[(s, p)]]["seeds"],
-                                 "epochs", 1.0), unit="epochs", n=len(res[arms[(s, p)]]["seeds"]))
+            t.paired(f"... and time (shrink {s:g}: final-round epochs, none - noise {p:g})",
+                     name, res[arms[(s, 0.0)]]["seeds"], res[arms[(s, p)]]["seeds"], "epochs",
+                     1.0, unit="epochs")
     if arms:
         best = max(arms.values(), key=lambda a: np.mean([r["val_acc"] for r in res[a]["seeds"]]))
         t.gap(f"Shrink-perturb closes the gap (best cell {best} - random init; 0 = closed)",
               name, res, best, "random_init", sign=0)
-        t.add(f"... in less time than random init (random - {best}, final-round epochs)", name,
-              paired_mean_se(res["random_init"]["seeds"], res[best]["seeds"], "epochs", 1.0),
-              unit="epochs", n=len(res[best]["seeds"]))
+        t.paired(f"... in less time than random init (random - {best}, final-round epochs)",
+                 name, res["random_init"]["seeds"], res[best]["seeds"], "epochs", 1.0,
+                 unit="epochs")
 
 
 def _perturb_only(t: Table, name: str, rec: dict):
@@ -277,26 +279,24 @@ def _bn_stats(t: Table, records: list[tuple[str, dict]]):
     names = ", ".join(n for n, _ in records)
     for cell, res in pooled.items():
         at = f"{names} {cell}"
-        n = len(res["random_init"]["seeds"])
         keep, reset, recompute = (f"warm_start_bn_{m}" for m in ("keep", "reset", "recompute"))
         t.gap("Warm start generalizes worse, ResNet (random - warm, BN kept)", at, res, b=keep)
         t.gap("Claim 3: resetting BN statistics improves warm-starting (reset - keep)", at, res,
               reset, keep)
         t.gap("... recomputing them on the new data (recompute - keep)", at, res, recompute, keep)
-        t.add("Claim 5: reset converges faster (keep - reset, final-round epochs)", at,
-              paired_mean_se(res[keep]["seeds"], res[reset]["seeds"], "epochs", 1.0),
-              unit="epochs", n=n)
+        t.paired("Claim 5: reset converges faster (keep - reset, final-round epochs)", at,
+                 res[keep]["seeds"], res[reset]["seeds"], "epochs", 1.0, unit="epochs")
         first = lambda a: _per_seed(res[a]["seeds"], res[a]["epoch1_train_acc"], "acc")
         if res[reset]["epoch1_train_acc"] and res[keep]["epoch1_train_acc"]:
-            t.add("... and starts faster (reset - keep, round-2 train acc of epoch 1)", at,
-                  paired_mean_se(first(reset), first(keep), "acc"), n=n)
+            t.paired("... and starts faster (reset - keep, round-2 train acc of epoch 1)", at,
+                     first(reset), first(keep), "acc")
         t.gap("Claim 6: the gap comes from the BN mismatch, so matched statistics close it "
               "(random - recompute; 0 = closed)", at, res, b=recompute, sign=0)
         if res[keep]["start"].get("bn_mean_gap"):
             gap = lambda a: _per_seed(res[a]["seeds"], res[a]["start"]["bn_mean_gap"], "g")
-            t.add("Claim 7: resetting restores the alignment (keep - reset, BN mean mismatch "
-                  "at the start of round 2)", at,
-                  paired_mean_se(gap(keep), gap(reset), "g", 1.0), unit="std", n=n)
+            t.paired("Claim 7: resetting restores the alignment (keep - reset, BN mean "
+                     "mismatch at the start of round 2)", at, gap(keep), gap(reset), "g", 1.0,
+                     unit="std")
 
 
 SINGLE = {
@@ -315,16 +315,18 @@ SINGLE = {
 }
 
 
-def claims(root: Path) -> list[dict]:
-    """Every claim with its evidence, effect and verdict."""
+def claims(root: Path, runs=None) -> list[dict]:
+    """Every claim with its evidence, effect and verdict; with ``runs`` (names of run folders
+    under ``root``), only the claims those runs give evidence for."""
     t = Table()
     records = _records(Path(root))
+    if runs is not None:
+        records = [(name, rec) for name, rec in records if name in set(runs)]
     seen = {rec.get("script") for _, rec in records}
     for name, rec in records:
         script = rec.get("script")
         if script == "experiments.table1":
-            cells = [(p.parent.name, json.loads(p.read_text())["results"])
-                     for p in sorted((Path(root) / name).glob("*/results.json"))]
+            cells = _records(Path(root) / name)
             _table1(t, name, cells)
         elif script in SINGLE:
             SINGLE[script](t, name, rec)
@@ -332,8 +334,8 @@ def claims(root: Path) -> list[dict]:
     if bn:
         _bn_stats(t, bn)
     for script, command in COMMANDS.items():
-        if script not in seen:
-            t.add(f"(evidence of {script.split('.')[1]})", "-", missing=command)
+        if runs is None and script not in seen:
+            t.missing(f"(evidence of {script.split('.')[1]})", "-", command)
     return t.rows
 
 
@@ -344,11 +346,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("root", nargs="?", default="experiments/results")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     rows = claims(Path(args.root))
-    print("| claim | evidence | effect (mean ± SE over seeds) | verdict |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['claim']} | {r['evidence']} | {r['effect']} | {r['verdict']} |")
+    print(markdown(rows))
     return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """Claim rows as a markdown table."""
+    lines = ["| claim | evidence | effect (mean ± SE over seeds) | verdict |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['claim']} | {r['evidence']} | {r['effect']} | {r['verdict']} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

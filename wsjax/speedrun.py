@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from wsjax.augment import (NORMALIZATIONS, alternating_flip_mask, cutout, flip_where, normalize,
@@ -380,7 +379,3 @@ def frozen_mask(params, recipe: Recipe) -> Any:
     labels = param_labels(params, recipe)
     return jax.tree.map(lambda label: label != "frozen", labels)
 
-
-def as_device_arrays(*arrays):
-    """``jnp`` copies of host arrays (the transfer airbench's timer also excludes)."""
-    return tuple(jax.device_put(np.asarray(a)) for a in arrays)

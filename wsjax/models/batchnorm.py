@@ -44,39 +44,40 @@ class BatchNorm(nn.Module):
         scale = (self.param("scale", nn.initializers.ones, (features,), jnp.float32)
                  if self.use_scale else jnp.ones((features,), jnp.float32))
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        xf = x.astype(jnp.float32)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
-        elif self.ghost_size and x.shape[0] > self.ghost_size:
-            return self._ghost(x, mask, ra_mean, ra_var, scale, bias)
         else:
-            xf = x.astype(jnp.float32)
-            axes = tuple(range(x.ndim - 1))
-            m = jnp.ones(x.shape[:-1] + (1,), jnp.float32) if mask is None else \
-                jnp.broadcast_to(mask, x.shape[:-1] + (1,)).astype(jnp.float32)
-            count = jnp.maximum(jnp.sum(m), 1.0)
-            mean = jnp.sum(xf * m, axes) / count
-            var = jnp.sum(jnp.square((xf - mean) * m), axes) / count
+            if self.ghost_size and x.shape[0] > self.ghost_size:
+                xf, mean, var = self._ghost_stats(xf, mask)
+            else:
+                mean, var = self._masked_stats(xf, mask)
             if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        y = (x.astype(jnp.float32) - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon)))
-        y = y + bias
-        return y.astype(self.dtype or x.dtype)
+                # Ghost statistics are per group: the running averages take their mean.
+                flat = lambda v: jnp.mean(v.reshape(-1, features), axis=0)
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * flat(mean)
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * flat(var)
+        y = (xf - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
+        return y.reshape(x.shape).astype(self.dtype or x.dtype)
 
-    def _ghost(self, x, mask, ra_mean, ra_var, scale, bias):
-        n, g = x.shape[0], self.ghost_size
+    @staticmethod
+    def _masked_stats(xf, mask):
+        """Mean and two-pass variance over the rows where ``mask`` is true, shape (C,)."""
+        axes = tuple(range(xf.ndim - 1))
+        m = jnp.ones(xf.shape[:-1] + (1,), jnp.float32) if mask is None else \
+            jnp.broadcast_to(mask, xf.shape[:-1] + (1,)).astype(jnp.float32)
+        count = jnp.maximum(jnp.sum(m), 1.0)
+        mean = jnp.sum(xf * m, axes) / count
+        return mean, jnp.sum(jnp.square((xf - mean) * m), axes) / count
+
+    def _ghost_stats(self, xf, mask):
+        """``xf`` split into groups of ``ghost_size`` examples and each group's statistics
+        (broadcastable to the grouped ``xf``)."""
+        n, g = xf.shape[0], self.ghost_size
         if mask is not None or n % g:
             raise ValueError(f"ghost BatchNorm needs whole groups: batch {n} is not a multiple "
                              f"of ghost_size={g} (or a mask was given); use whole batches")
-        xf = x.astype(jnp.float32).reshape(n // g, g, *x.shape[1:])
+        xf = xf.reshape(n // g, g, *xf.shape[1:])
         axes = tuple(range(1, xf.ndim - 1))
         mean = jnp.mean(xf, axes, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
-        if not self.is_initializing():
-            group_axes = tuple(range(xf.ndim - 1))
-            ra_mean.value = (self.momentum * ra_mean.value
-                             + (1 - self.momentum) * jnp.mean(mean, group_axes))
-            ra_var.value = (self.momentum * ra_var.value
-                            + (1 - self.momentum) * jnp.mean(var, group_axes))
-        y = (xf - mean) * (scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))) + bias
-        return y.reshape(x.shape).astype(self.dtype or x.dtype)
+        return xf, mean, jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
