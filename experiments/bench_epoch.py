@@ -86,7 +86,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     try:
-        ds = wdata.load_dataset("cifar10", args.data_dir, allow_tfds=False)
+        ds = wdata.load_dataset("cifar10", args.data_dir, download=False)
         source = "CIFAR-10"
     except FileNotFoundError:
         ds = wdata.synthetic_dataset(args.epoch_size, 10, 10)

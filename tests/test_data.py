@@ -44,7 +44,7 @@ def test_load_errors_name_what_was_tried(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         data.load_dataset("mnist", tmp_path)
     with pytest.raises(FileNotFoundError) as e:
-        data.load_dataset("cifar10", tmp_path, allow_tfds=False)
+        data.load_dataset("cifar10", tmp_path, download=False)
     msg = str(e.value)
     assert "cifar10.npz" in msg and "WSJAX_DATA_DIR" in msg and "wsjax[prepare]" in msg
 
@@ -95,3 +95,43 @@ def test_shared_cifar10(shared_cifar):
     assert np.bincount(ds.y_train).tolist() == [5000] * 10
     np.testing.assert_allclose(ds.x_train[:5000].reshape(-1, 3).mean(0), [125.3, 123, 114],
                                atol=2.0)
+
+
+def _fake_cifar_archive(path, rng):
+    """A tar.gz with the official CIFAR-10 python layout: 5 train batches and a test batch of
+    3 images each, rows in CHW byte order."""
+    import io
+    import pickle
+    import tarfile
+
+    images = rng.integers(0, 255, (18, 32, 32, 3)).astype(np.uint8)
+    labels = rng.integers(0, 10, 18)
+    with tarfile.open(path, "w:gz") as tar:
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for i, name in enumerate(names):
+            sl = slice(3 * i, 3 * i + 3)
+            rows = images[sl].transpose(0, 3, 1, 2).reshape(3, 3072)
+            blob = pickle.dumps({b"data": rows, b"labels": labels[sl].tolist()})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return images, labels
+
+
+def test_official_archive_without_tensorflow(tmp_path, monkeypatch):
+    import hashlib
+
+    images, labels = _fake_cifar_archive(tmp_path / "cifar-10-python.tar.gz",
+                                         np.random.default_rng(0))
+    md5 = hashlib.md5((tmp_path / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    url = (tmp_path / "cifar-10-python.tar.gz").as_uri()
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a Colab TPU runtime
+    monkeypatch.setitem(data.ARCHIVES, "cifar10", (url, "0" * 32, *data.ARCHIVES["cifar10"][2:]))
+    with pytest.raises(FileNotFoundError, match="MD5"):
+        data.load_dataset("cifar10", tmp_path / "d")
+    monkeypatch.setitem(data.ARCHIVES, "cifar10", (url, md5, *data.ARCHIVES["cifar10"][2:]))
+    ds = data.load_dataset("cifar10", tmp_path / "d")
+    np.testing.assert_array_equal(ds.x_train, images[:15])
+    np.testing.assert_array_equal(ds.x_test, images[15:])
+    np.testing.assert_array_equal(ds.y_train, labels[:15])
+    assert (tmp_path / "d" / "cifar10.npz").exists()

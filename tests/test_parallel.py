@@ -21,7 +21,8 @@ def run(parallel):
     put = parallel.place_data if parallel else jax.device_put
     x, y = put(ds.x_train), put(ds.y_train)
     states = init_replicas(model, tx, keys, (8, 8, 3))
-    states = parallel.place_state(states) if parallel else states
+    # Committed to one device, as restored weights are: fit puts them on the mesh.
+    states = jax.device_put(states, jax.devices()[0]) if parallel else states
     epoch = make_epoch_fn(model, tx, batch_size=64, parallel=parallel)
     states, prog = fit(epoch, states, keys, x, y, np.arange(150), stop, parallel=parallel)
     ev = summarize(make_eval_fn(model, batch_size=32, parallel=parallel)(states, x, y, put(jnp.arange(100, 160))))

@@ -9,19 +9,38 @@ Where data comes from (``load_dataset``), in order:
    cache that step 2 writes.
 2. TensorFlow Datasets (``pip install 'wsjax[prepare]'``): downloaded and prepared once, then
    written to the cache of step 1, so later runs need neither TensorFlow nor the network.
+3. For CIFAR-10/100 where TFDS cannot run (no TensorFlow, as on Colab's TPU runtimes): the
+   official python archive from the dataset's page, checked against its published MD5, then
+   written to the cache of step 1.
 ``data_dir`` is the argument, else ``$WSJAX_DATA_DIR``, else ``~/.cache/wsjax``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import pickle
+import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 # Our name -> (TFDS name, number of classes).
 DATASETS = {"cifar10": ("cifar10", 10), "cifar100": ("cifar100", 100), "svhn": ("svhn_cropped", 10)}
+
+# The official python archives (https://www.cs.toronto.edu/~kriz/cifar.html): URL, MD5, the
+# members holding the train and test batches, and the key of the labels in each batch.
+ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a",
+                [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
+                ["cifar-10-batches-py/test_batch"], b"labels"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", ["cifar-100-python/train"],
+                 ["cifar-100-python/test"], b"fine_labels"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +87,9 @@ def _validated(name: str, arrays, num_classes: int, source: str) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
-                 allow_tfds: bool = True) -> Dataset:
-    """Loads ``cifar10``, ``cifar100`` or ``svhn`` as uint8 arrays (see the module docstring).
+                 download: bool = True) -> Dataset:
+    """Loads ``cifar10``, ``cifar100`` or ``svhn`` as uint8 arrays (see the module docstring);
+    ``download=False`` reads the cache file only.
 
     Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` saying what was tried and
     how to fix it when neither the cache file nor TFDS can supply the data.
@@ -84,7 +104,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         with np.load(path, allow_pickle=False) as f:
             return _validated(name, {k: f[k] for k in f.files}, num_classes, str(path))
     tried = [f"no file {path}"]
-    if allow_tfds:
+    if download:
         try:
             arrays = _load_with_tfds(tfds_name, root / "tfds")
         except Exception as e:  # noqa: BLE001 - every failure is reported with the fix below
@@ -93,11 +113,21 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
             dataset = _validated(name, arrays, num_classes, f"TFDS {tfds_name}")
             write_cache(dataset, path)
             return dataset
+        if name in ARCHIVES:
+            try:
+                arrays = load_archive(name, root)
+            except Exception as e:  # noqa: BLE001 - as above
+                tried.append(f"the official archive: {type(e).__name__}: {e}")
+            else:
+                dataset = _validated(name, arrays, num_classes, ARCHIVES[name][0])
+                write_cache(dataset, path)
+                return dataset
     raise FileNotFoundError(
         f"could not load dataset {name!r}. Tried: {'; '.join(tried)}. Fix: put {name}.npz "
         f"(x_train, y_train, x_test, y_test; the layout of shared/data/cifar10.npz) in {root}, "
         f"or point WSJAX_DATA_DIR / --data-dir at the folder that has it; or, on a machine with "
-        f"internet, `pip install 'wsjax[prepare]'` so TFDS can download and prepare it once."
+        f"internet, `pip install 'wsjax[prepare]'` so TFDS can download and prepare it once "
+        f"(CIFAR-10/100 also download without it)."
     )
 
 
@@ -126,6 +156,35 @@ def _load_with_tfds(tfds_name: str, tfds_dir: Path) -> dict:
         x, y = tfds.as_numpy(tfds.load(tfds_name, split=split, batch_size=-1, as_supervised=True,
                                        data_dir=str(tfds_dir)))
         out[f"x_{split}"], out[f"y_{split}"] = x.astype(np.uint8), y
+    return out
+
+
+def load_archive(name: str, root: str | os.PathLike, url: str | None = None) -> dict:
+    """CIFAR-10/100 as numpy arrays from the official python archive, downloaded once into
+    ``root`` (from ``url``, default the dataset's page) and checked against its published MD5
+    before anything in it is unpickled. Needs no TensorFlow."""
+    default_url, md5, train, test, label_key = ARCHIVES[name]
+    url = url or default_url
+    archive = Path(root) / "downloads" / url.rsplit("/", 1)[-1]
+    if not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_name(archive.name + ".part")
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        tmp.replace(archive)
+    digest = hashlib.md5(archive.read_bytes()).hexdigest()
+    if digest != md5:
+        raise ValueError(f"{archive} has MD5 {digest}, not the published {md5}: a corrupt or "
+                         f"different file; delete it and load again")
+    out = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for split, members in (("train", train), ("test", test)):
+            batches = [pickle.load(tar.extractfile(m), encoding="bytes") for m in members]
+            # Rows are 3072 bytes in CHW order (1024 red, 1024 green, 1024 blue).
+            x = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+            out[f"x_{split}"] = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.uint8)
+            out[f"y_{split}"] = np.concatenate([np.asarray(b[label_key]) for b in batches])
     return out
 
 

@@ -389,6 +389,8 @@ def fit(epoch_fn, states: TrainState, keys, x, y, idx, stop: StopRule, *,
     ``x``/``y`` (device arrays); ``capacity`` pads it (see ``pad_indices``). ``on_epoch(states,
     progress)`` runs after every epoch. Per-replica ``seconds`` count the wall time of the
     epochs a replica was active in (replicas share the program, so they share the time).
+    With ``parallel``, ``states`` are put on its mesh first (a no-op when they are there), so
+    states restored or made on one device need no placing.
     """
     num_replicas = len(jax.tree.leaves(states)[0])
     progress = progress or FitProgress.start(num_replicas)
@@ -396,6 +398,7 @@ def fit(epoch_fn, states: TrainState, keys, x, y, idx, stop: StopRule, *,
     put = parallel.place_data if parallel is not None else jax.device_put
     place = parallel.place_state if parallel is not None else (lambda t: t)
     idx_dev = put(jnp.asarray(padded))
+    states = place(states)  # states made on one device (e.g. restored) join the mesh
     while not progress.finished:
         epoch_keys = place(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, progress.epoch))
         active = place(jnp.asarray(progress.active))

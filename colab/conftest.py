@@ -1,0 +1,27 @@
+"""The notebooks run under nbmake (``python -m pytest`` collects them) in QUICK mode on the CPU,
+with the offline CIFAR-10 beside the checkout when it is there (they fall back to synthetic data
+when it is not). Their kernels inherit this environment."""
+
+import os
+import tempfile
+from pathlib import Path
+
+SHARED_DATA = Path(os.environ.get("WSJAX_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+os.environ["WSJAX_QUICK"] = "1"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if (SHARED_DATA / "cifar10.npz").exists():
+    os.environ.setdefault("WSJAX_DATA_DIR", str(SHARED_DATA))
+# One compilation cache for every notebook's kernel: the same programs (the MLP's epoch and
+# evaluation) recur across the study's runs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="wsjax-nb-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``WSJAX_NOTEBOOKS=0`` leaves the notebooks out (CI runs them in one of its two
+    environments, the one with Colab's versions)."""
+    if collection_path.suffix == ".ipynb" and os.environ.get("WSJAX_NOTEBOOKS") == "0":
+        return True
+    return None
