@@ -2,7 +2,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import run_python
+from harness import run_python
 
 from wsjax.checkpoint import Checkpointer, load_warm_start, merge_weights
 from wsjax.models import create_model, init_variables

@@ -1,4 +1,4 @@
-from conftest import run_python
+from harness import run_python
 
 
 def test_import_is_light():

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from harness import REPO
 
 ARGS = ["--dataset", "synthetic", "--train-subset", "600", "--seeds", "2", "--max-epochs", "6",
         "--shrink", "0.5", "--model", "mlp", "--batch-size", "64", "--threshold", "0.999"]

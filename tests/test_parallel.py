@@ -1,7 +1,7 @@
 """Data parallelism over 4 fake CPU devices, each check in its own process (XLA_FLAGS must be set
 before jax starts)."""
 
-from conftest import run_python
+from harness import run_python
 
 CHECK = r'''
 import jax, jax.numpy as jnp, numpy as np
