@@ -65,13 +65,10 @@ class Session:
         self.quick = quick_mode(self.quick)
         self.out = Path(tempfile.mkdtemp(prefix="wsjax-quick-")) if self.quick else Path(self.runs)
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.quick and not self.dataset.startswith("synthetic"):
-            try:
-                wdata.load_dataset(self.dataset, self.data_dir, download=False)
-            except FileNotFoundError:
-                print(f"QUICK: no {self.dataset}.npz in {wdata.default_data_dir(self.data_dir)}; "
-                      f"the quick runs use synthetic data instead")
-                self.dataset = "synthetic"
+        cache = wdata.default_data_dir(self.data_dir) / f"{self.dataset}.npz"
+        if self.quick and not self.dataset.startswith("synthetic") and not cache.exists():
+            print(f"QUICK: no {cache}; the quick runs use synthetic data instead")
+            self.dataset = "synthetic"
 
     @property
     def scale(self) -> str:
