@@ -104,24 +104,20 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         with np.load(path, allow_pickle=False) as f:
             return _validated(name, {k: f[k] for k in f.files}, num_classes, str(path))
     tried = [f"no file {path}"]
-    if download:
+    # The downloading sources, in order: (what the errors call it, loader).
+    sources = [(f"TFDS {tfds_name}", lambda: _load_with_tfds(tfds_name, root / "tfds"))]
+    if name in ARCHIVES:
+        sources.append((ARCHIVES[name][0], lambda: load_archive(name, root)))
+    for source, load in sources if download else []:
         try:
-            arrays = _load_with_tfds(tfds_name, root / "tfds")
+            arrays = load()
         except Exception as e:  # noqa: BLE001 - every failure is reported with the fix below
-            tried.append(f"TFDS: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        else:
-            dataset = _validated(name, arrays, num_classes, f"TFDS {tfds_name}")
-            write_cache(dataset, path)
-            return dataset
-        if name in ARCHIVES:
-            try:
-                arrays = load_archive(name, root)
-            except Exception as e:  # noqa: BLE001 - as above
-                tried.append(f"the official archive: {type(e).__name__}: {e}")
-            else:
-                dataset = _validated(name, arrays, num_classes, ARCHIVES[name][0])
-                write_cache(dataset, path)
-                return dataset
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            tried.append(f"{source}: {type(e).__name__}: {first_line}")
+            continue
+        dataset = _validated(name, arrays, num_classes, source)
+        write_cache(dataset, path)
+        return dataset
     raise FileNotFoundError(
         f"could not load dataset {name!r}. Tried: {'; '.join(tried)}. Fix: put {name}.npz "
         f"(x_train, y_train, x_test, y_test; the layout of shared/data/cifar10.npz) in {root}, "
@@ -159,12 +155,11 @@ def _load_with_tfds(tfds_name: str, tfds_dir: Path) -> dict:
     return out
 
 
-def load_archive(name: str, root: str | os.PathLike, url: str | None = None) -> dict:
-    """CIFAR-10/100 as numpy arrays from the official python archive, downloaded once into
-    ``root`` (from ``url``, default the dataset's page) and checked against its published MD5
-    before anything in it is unpickled. Needs no TensorFlow."""
-    default_url, md5, train, test, label_key = ARCHIVES[name]
-    url = url or default_url
+def load_archive(name: str, root: str | os.PathLike) -> dict:
+    """CIFAR-10/100 as numpy arrays from the official python archive (``ARCHIVES``), downloaded
+    once into ``root`` and checked against its published MD5 before anything in it is
+    unpickled. Needs no TensorFlow."""
+    url, md5, train, test, label_key = ARCHIVES[name]
     archive = Path(root) / "downloads" / url.rsplit("/", 1)[-1]
     if not archive.exists():
         archive.parent.mkdir(parents=True, exist_ok=True)
