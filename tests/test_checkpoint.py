@@ -5,9 +5,14 @@ import pytest
 from harness import run_python
 
 from wsjax.checkpoint import Checkpointer, load_warm_start, merge_weights
+from wsjax.engine import Engine
 from wsjax.models import create_model, init_variables
 from wsjax.optim import make_optimizer
-from wsjax.train import init_replicas, replica_keys
+from wsjax.train import replica_keys
+
+
+def init_replicas(model, tx, keys, input_shape=(32, 32, 3)):
+    return Engine(model, tx, input_shape=input_shape).init_states(keys)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +89,10 @@ import jax, numpy as np
 from wsjax.checkpoint import Checkpointer
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
+from wsjax.engine import Engine
 from wsjax.parallel import DataParallel, make_mesh
-from wsjax.train import init_replicas, replica_keys
+from wsjax.train import replica_keys
+init_replicas = lambda model, tx, keys: Engine(model, tx).init_states(keys)
 model = create_model("mlp", 10, widths=(8,))
 tx = make_optimizer("adam", 1e-3)
 state = DataParallel(make_mesh(), "replica").place_state(init_replicas(model, tx, replica_keys(range(4))))

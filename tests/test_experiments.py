@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from experiments import (bn_stats, checkpoint_age, claims, curves, grad_norms, online, perturb_only,
-                         redraw, regularization, shrink_only, sp_every_step, sp_grid, sweep,
-                         table1, transfer, warm_start)
+from wsjax.experiments import (bn_stats, checkpoint_age, claims, curves, grad_norms, online,
+                               perturb_only, redraw, regularization, shrink_only, sp_every_step,
+                               sp_grid, sweep, table1, transfer, warm_start)
+from wsjax.warmstart import Arm
 
 TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
         "--max-epochs", "2", "--batch-size", "32"]
@@ -26,95 +27,92 @@ def results(tmp_path_factory):
 def _seeds_ok(rows, n=2):
     assert len(rows) == n
     for r in rows:
-        assert 0.0 <= r["val_acc"] <= 1.0 and 1 <= r["epochs"] <= 2 and r["seconds"] > 0
+        assert 0.0 <= r.val_acc <= 1.0 and 1 <= r.epochs <= 2 and r.seconds > 0
 
 
 def test_table1_cells_and_paper_numbers(results):
     out = table1.main(["--dataset", "synthetic:4:8", "--models", "logreg", "--optimizers",
                        "sgd", "adam", "--out", str(results / "table1")] + TINY[2:])
-    assert [(r["model"], r["optimizer"]) for r in out["rows"]] == [("logreg", "sgd"),
-                                                                   ("logreg", "adam")]
-    assert "| synthetic:4:8 | logreg | sgd |" in out["table"]
+    assert [(r.model, r.optimizer) for r in out.rows] == [("logreg", "sgd"), ("logreg", "adam")]
+    assert "| synthetic:4:8 | logreg | sgd |" in out.table
     assert table1.PAPER[("cifar10", "mlp", "adam")] == (39.4, 36.1)
     assert (results / "table1" / "synthetic:4:8_logreg_adam" / "two_phase.png").exists()
 
 
 def test_curves_record_every_epoch(results):
     rec = curves.main(MLP + ["--optimizer", "adam", "--out", str(results / "curves")])
-    res = rec["results"]
+    res = rec.results
     # Fixed budget by default: the stop rule's threshold is off, so every stage runs 2 epochs.
-    assert [len(res[a]["history"]) for a in ("random_init", "warm_start")] == [2, 2]
-    assert len(res["warm_start"]["round1_history"]) == 2
-    assert all(len(h["val_acc"]) == 2 for h in res["random_init"]["history"])
+    assert [len(res[a].history) for a in ("random_init", "warm_start")] == [2, 2]
+    assert len(res["warm_start"].round1_history) == 2
+    assert all(len(h["val_acc"]) == 2 for h in res["random_init"].history)
     assert (results / "curves" / "curves.png").exists()
 
 
 def test_sp_grid_and_perturb_only_arms(results):
     rec = sp_grid.main(MLP + ["--shrink", "0.5", "1", "--noise", "0", "0.1",
                               "--out", str(results / "grid")])
-    assert set(rec["results"]) == {"random_init", "sp_0.5_0", "sp_0.5_0.1", "sp_1_0",
-                                   "sp_1_0.1"}
+    assert set(rec.results) == {"random_init", "sp_0.5_0", "sp_0.5_0.1", "sp_1_0", "sp_1_0.1"}
     assert (results / "grid" / "sp_grid.png").exists()
     rec = perturb_only.main(MLP + ["--noise", "0.01", "--out", str(results / "po")])
-    assert rec["results"]["sp_1"]["arm"] == {"name": "sp_1", "shrink": 1.0, "perturb": 0.01,
-                                             "noise": "init", "bn": "reset"}
+    assert rec.results["sp_1"].arm == Arm("sp_1", shrink=1.0, noise_scale=0.01)
 
 
 def test_regularization_sweep_and_every_step_cells(results):
     rec = regularization.main(MLP + ["--kinds", "l2", "adversarial", "confidence",
                                      "--strengths", "0.01", "--out", str(results / "reg")])
-    assert set(rec["cells"]) == {"none", "l2_0.01", "adversarial_0.01", "confidence_0.01"}
-    assert rec["cells"]["adversarial_0.01"]["config"]["objective"] == "adversarial"
-    assert rec["cells"]["l2_0.01"]["config"]["weight_decay"] == 0.01
-    for cell in rec["cells"].values():
-        _seeds_ok(cell["results"]["warm_start"]["seeds"])
+    assert set(rec.cells) == {"none", "l2_0.01", "adversarial_0.01", "confidence_0.01"}
+    assert rec.cells["adversarial_0.01"].config["objective"] == "adversarial"
+    assert rec.cells["l2_0.01"].config["weight_decay"] == 0.01
+    for cell in rec.cells.values():
+        _seeds_ok(cell.results["warm_start"].seeds)
     rec = sweep.main(MLP + ["--lrs", "0.01", "--batch-sizes", "16", "64",
                             "--out", str(results / "sweep")])
-    assert rec["cells"]["lr0.01_b16"]["config"]["batch_size"] == 16
+    assert rec.cells["lr0.01_b16"].config["batch_size"] == 16
     assert (results / "sweep" / "sweep.png").exists()
     rec = sp_every_step.main(MLP + ["--step-shrink", "0.5", "--out", str(results / "step")])
-    assert rec["cells"]["every_step"]["config"]["sp_every_step"] == [0.5, 1e-4]
+    assert rec.cells["every_step"].config["sp_every_step"] == [0.5, 1e-4]
 
 
 def test_checkpoint_age_and_grad_norms(results):
     rec = checkpoint_age.main(MLP + ["--every", "1", "--threshold", "1.01",
                                      "--out", str(results / "age")])
-    assert sorted(r["round1_epoch"] for r in rec["results"].values() if "round1_epoch" in r) \
-        == [1, 2]
+    assert sorted(r.round1_epoch for r in rec.results.values()
+                  if r.round1_epoch is not None) == [1, 2]
     rec = grad_norms.main(MLP + ["--shrink", "0.5", "--out", str(results / "grad")])
-    res = rec["results"]
+    res = rec.results
     assert set(res) == {"warm_start", "sp_0.5"}
     for r in res.values():
-        assert all(np.all(np.asarray(h["grad_old"]) > 0) for h in r["history"])
-        assert len(r["start"]["grad_new"]) == 2
+        assert all(np.all(np.asarray(h["grad_old"]) > 0) for h in r.history)
+        assert len(r.start["grad_new"]) == 2
 
 
 def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(results):
     rec = shrink_only.main(MLP + ["--shrinks", "0", "0.1", "0.5", "1",
                                   "--out", str(results / "shrink")])
-    acc = np.asarray(rec["results"]["mlp_nobias"]["val_acc"])
+    acc = np.asarray(rec.results["mlp_nobias"].val_acc)
     # Positively homogeneous: any shrink > 0 keeps every argmax (shrink 0 gives all-zero
     # logits, i.e. class 0 everywhere).
     np.testing.assert_array_equal(acc[1], acc[3])
     np.testing.assert_array_equal(acc[2], acc[3])
-    assert len(rec["results"]["mlp"]["val_acc"]) == 4
+    assert len(rec.results["mlp"].val_acc) == 4
 
 
 def test_online_rounds_resume_and_active_selection(results):
     args = MLP + ["--chunk", "60", "--out", str(results / "order")]
-    first = online.main(args + ["--rounds", "2"])["results"]
+    first = online.main(args + ["--rounds", "2"]).results
     # More rounds extend the same run: rounds 0-1 are restored, only round 2 trains.
     rec = online.main(args + ["--rounds", "3"])
-    res = rec["results"]
+    res = rec.results
     assert {a: rows[:2] for a, rows in res.items()} == first
     assert set(res) == {"random_init", "warm_start", "sp_0.6"}
-    assert [r["n"] for r in res["warm_start"]] == [60, 120, 160]
+    assert [r.n for r in res["warm_start"]] == [60, 120, 160]
     # Round 0 is shared by every arm.
-    assert res["random_init"][0]["seeds"] == res["sp_0.6"][0]["seeds"]
+    assert res["random_init"][0].seeds == res["sp_0.6"][0].seeds
     kept = sorted(p.name for p in (results / "order" / "checkpoints").iterdir())
     assert kept == ["random_init_r002", "sp_0.6_r002", "warm_start_r002"]
     again = online.main(args + ["--rounds", "3"])  # finished: restored, nothing retrains
-    assert again["results"] == res
+    assert again.results == res
     rec = online.main(MLP + ["--chunk", "60", "--rounds", "3", "--select", "margin",
                              "--label-noise", "0.25", "--shrink", "--out",
                              str(results / "active")])
@@ -127,20 +125,20 @@ def test_online_rounds_resume_and_active_selection(results):
 def test_transfer_with_a_new_head(tmp_path):
     rec = transfer.main(MLP[:1] + ["synthetic:6:8"] + MLP[2:] + [
         "--source", "synthetic:4:8", "--fractions", "0.5", "1", "--out", str(tmp_path)])
-    assert rec["new_head"] is True
-    assert set(rec["results"]["fractions"]) == {"0.5", "1"}
+    assert rec.results.new_head is True
+    assert set(rec.results.fractions) == {"0.5", "1"}
     for arm in ("random_init", "warm_start", "sp_0.3"):
-        _seeds_ok(rec["results"]["fractions"]["1"]["arms"][arm])
+        _seeds_ok(rec.results.fractions["1"].arms[arm])
 
 
 def test_bn_stats_modes_and_mismatch_probe(results):
     rec = bn_stats.main(RESNET + ["--settings", "0.05:32", "--out", str(results / "bn")])
-    res = rec["cells"]["lr0.05_b32"]["results"]
+    res = rec.cells["lr0.05_b32"].results
     assert {"warm_start_bn_keep", "warm_start_bn_reset", "warm_start_bn_recompute"} <= set(res)
     for r in res.values():
-        assert all(np.all(np.asarray(h["bn_mean_gap"]) >= 0) for h in r["history"])
+        assert all(np.all(np.asarray(h["bn_mean_gap"]) >= 0) for h in r.history)
     # At the start of round 2, recomputed statistics match the data; kept and reset ones do not.
-    start = {a: np.asarray(r["start"]["bn_mean_gap"]) for a, r in res.items()}
+    start = {a: np.asarray(r.start["bn_mean_gap"]) for a, r in res.items()}
     assert np.all(start["warm_start_bn_recompute"] < 0.05)  # batch-partition noise only
     assert np.all(start["warm_start_bn_keep"] > 10 * start["warm_start_bn_recompute"])
     assert np.all(start["warm_start_bn_reset"] > 10 * start["warm_start_bn_recompute"])
@@ -149,11 +147,15 @@ def test_bn_stats_modes_and_mismatch_probe(results):
     assert any(p.name == "bn_stats.png" for p in drawn)
 
 
-def test_bad_flags_are_named(tmp_path):
-    with pytest.raises(ValueError, match="--widths"):
+def test_bad_flags_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         warm_start.main(MLP[:-1] + ["16,x", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="lr:batch"):
+    assert "--widths: '16,x' is not comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         bn_stats.main(RESNET + ["--settings", "fast", "--out", str(tmp_path / "b")])
+    assert "--settings: 'fast' is not lr:batch" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--seeds=0"):
+        warm_start.main(MLP + ["--seeds", "0", "--out", str(tmp_path / "c")])
 
 
 def test_claims_table_reads_every_run(results):
@@ -170,5 +172,5 @@ def test_claims_table_reads_every_run(results):
         assert name in evidence, name
     # Transfer ran elsewhere: its row says what to run.
     assert [r["verdict"] for r in rows if "transfer" in r["claim"]] == [
-        "not run: " + claims.COMMANDS["experiments.transfer"]]
+        "not run: " + claims.COMMANDS["transfer"]]
 

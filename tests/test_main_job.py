@@ -1,4 +1,5 @@
-"""The main job end to end on tiny synthetic data, including a kill -9 and resume."""
+"""The main job end to end on tiny synthetic data, including a kill -9 and resume. It runs as
+an installed command would, outside the checkout (``python -m wsjax warm_start``)."""
 
 import json
 import os
@@ -8,16 +9,15 @@ import sys
 import time
 
 import pytest
-from harness import REPO
 
+COMMAND = [sys.executable, "-m", "wsjax", "warm_start"]
 ARGS = ["--dataset", "synthetic", "--train-subset", "600", "--seeds", "2", "--max-epochs", "6",
         "--shrink", "0.5", "--model", "mlp", "--batch-size", "64", "--threshold", "0.999"]
 
 
 def _run(out, extra=(), **kw):
-    return subprocess.run([sys.executable, "-m", "experiments.warm_start", *ARGS, *extra,
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run([*COMMAND, *ARGS, *extra, "--out", str(out)], cwd=out.parent,
+                          capture_output=True, text=True, timeout=600, **kw)
 
 
 def _strip_times(results):
@@ -51,14 +51,18 @@ def test_main_job_outputs(uninterrupted):
                                                        "round2_warm_start", "round2_sp_0.5"}
     assert (out / "two_phase.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["seeds"] == 2
+    # Provenance: how the run was made (synthetic data has no data directory).
+    prov = results["provenance"]
+    assert prov["versions"]["jax"] and prov["date"] and prov["device"]
+    assert prov["command"][:2] == ["wsjax warm_start", "--dataset"] and prov["data_dir"] is None
+    assert results["schema_version"] == 2 and results["kind"] == "two_phase"
 
 
 def test_killed_run_resumes_to_the_same_result(uninterrupted, tmp_path):
     full, _ = uninterrupted
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.warm_start", *ARGS, "--out",
-                             str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*COMMAND, *ARGS, "--out", str(out)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # Kill it while a later stage is training, after some checkpoints exist.
     while not (out / "checkpoints" / "round1").exists() and time.time() < deadline:
@@ -81,8 +85,8 @@ def test_changed_flags_refuse_to_resume(uninterrupted):
 
 
 def test_missing_data_error_says_how_to_fix(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.warm_start", "--quick",
-                           "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*COMMAND, "--quick", "--data-dir", str(tmp_path), "--out",
+                           str(tmp_path / "o")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode != 0
     assert "cifar10.npz" in proc.stderr and "WSJAX_DATA_DIR" in proc.stderr

@@ -31,18 +31,19 @@ def test_notebook_is_stripped_and_complete(path):
 
 
 def test_session_flags_per_scale_and_quick_data_fallback(tmp_path, monkeypatch):
-    from experiments.notebook import Session, quick_mode
+    from wsjax.experiments.notebook import Session, quick_mode
 
     monkeypatch.setenv("WSJAX_QUICK", "1")
     assert quick_mode(False)
     session = Session(quick=False, data_dir=str(tmp_path))  # no cifar10.npz there
     assert session.scale == "quick" and session.dataset == "synthetic"
     flags = session.flags(quick=["--seeds", "2"], cpu=["--seeds", "3"])
-    assert flags == ["--data-dir", str(tmp_path), "--dataset", "synthetic", "--quick",
-                     "--seeds", "2"]
+    assert flags == ["--data-dir", str(tmp_path), "--dataset", "synthetic", "--progress", "bar",
+                     "--quick", "--seeds", "2"]
     # A run that names its own dataset keeps it.
     assert session.flags(quick=["--dataset", "synthetic:4:8"]) == [
-        "--data-dir", str(tmp_path), "--quick", "--dataset", "synthetic:4:8"]
+        "--data-dir", str(tmp_path), "--progress", "bar", "--quick", "--dataset",
+        "synthetic:4:8"]
     monkeypatch.setenv("WSJAX_QUICK", "0")
     (tmp_path / "cifar10.npz").touch()
     session = Session(runs=tmp_path / "runs", data_dir=str(tmp_path))

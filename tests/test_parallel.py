@@ -8,8 +8,9 @@ import jax, jax.numpy as jnp, numpy as np
 from wsjax.data import synthetic_dataset
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
+from wsjax.engine import Engine
 from wsjax.parallel import DataParallel, make_mesh
-from wsjax.train import StopRule, fit, init_replicas, make_epoch_fn, make_eval_fn, replica_keys, summarize
+from wsjax.train import StopRule, replica_keys
 assert jax.device_count() == 4, jax.devices()
 ds = synthetic_dataset(160, 64, 4, (8, 8, 3))
 model = create_model({model!r}, 4, **{overrides!r})
@@ -18,14 +19,14 @@ keys = replica_keys([0, 1, 2, 3])
 stop = StopRule(threshold=1.01, max_epochs=2)
 
 def run(parallel):
-    put = parallel.place_data if parallel else jax.device_put
-    x, y = put(ds.x_train), put(ds.y_train)
-    states = init_replicas(model, tx, keys, (8, 8, 3))
+    engine = Engine(model, tx, batch_size=64, eval_batch_size=32, input_shape=(8, 8, 3),
+                    parallel=parallel)
+    x, y = engine.put(ds.x_train), engine.put(ds.y_train)
+    states = engine.replace(parallel=None).init_states(keys)
     # Committed to one device, as restored weights are: fit puts them on the mesh.
     states = jax.device_put(states, jax.devices()[0]) if parallel else states
-    epoch = make_epoch_fn(model, tx, batch_size=64, parallel=parallel)
-    states, prog = fit(epoch, states, keys, x, y, np.arange(150), stop, parallel=parallel)
-    ev = summarize(make_eval_fn(model, batch_size=32, parallel=parallel)(states, x, y, put(jnp.arange(100, 160))))
+    states, prog = engine.fit(states, keys, x, y, np.arange(150), stop)
+    ev = engine.evaluate(states, x, y, engine.put(jnp.arange(100, 160)))
     return states, prog, ev
 
 ref, prog, ev = run(None)

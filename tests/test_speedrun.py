@@ -6,15 +6,17 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import speedrun as speedrun_script
-from wsjax.augment import alternating_flip_mask, cutout, translate_views, tta_logits
-from wsjax.lookahead import lookahead_decay, lookahead_sync
-from wsjax.models.airbench import AirbenchNet, identity_init
-from wsjax.models.whitening import image_patches, whitening_filters
-from wsjax.muon import muon, orthogonalize
+from wsjax.augment import alternating_flip_mask, cutout
+from wsjax.experiments import fast_trainer
 from wsjax.models.batchnorm import BatchNorm
-from wsjax.speedrun import (AIRBENCH94, AIRBENCH94_MUON, PAGE_RESNET9, TRICKS, Recipe, build_model, lr_factor,
-                            make_optimizer, param_labels, run_length)
+from wsjax.speedrun.lookahead import lookahead_decay, lookahead_sync
+from wsjax.speedrun.muon import muon, orthogonalize
+from wsjax.speedrun.nets import AirbenchNet, identity_init
+from wsjax.speedrun.recipe import (AIRBENCH94, AIRBENCH94_MUON, PAGE_RESNET9, TRICKS, Recipe,
+                                   build_model, lr_factor, param_labels, recipe_optimizer,
+                                   run_length)
+from wsjax.speedrun.tta import translate_views, tta_logits
+from wsjax.speedrun.whitening import image_patches, whitening_filters
 
 
 def test_whitening_filters_match_a_numpy_eigendecomposition():
@@ -168,7 +170,7 @@ def test_optimizer_groups_schedule_and_recipe_errors():
     assert muon_labels["head"]["kernel"] == "head"  # its own lr in the Muon recipe
     # The Muon recipe's whitening bias lr falls linearly to 0 over its epochs.
     recipe = AIRBENCH94_MUON.replace(whiten_bias_epochs=1, momentum=0.0)
-    tx = make_optimizer(recipe, v["params"], total_steps=10, steps_per_epoch=4)
+    tx = recipe_optimizer(recipe, v["params"], total_steps=10, steps_per_epoch=4)
     state, steps = tx.init(v["params"]), []
     for _ in range(5):
         updates, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, v["params"]), state,
@@ -180,7 +182,7 @@ def test_optimizer_groups_schedule_and_recipe_errors():
     f = lr_factor(AIRBENCH94, 476)
     np.testing.assert_allclose([f(0), f(109), f(476)], [0.2, 1.0, 0.07], rtol=1e-5)
     # A step leaves the frozen whitening filters alone; the whitening bias stops after its epochs.
-    tx = make_optimizer(r.replace(whiten_bias_epochs=1), v["params"], total_steps=10,
+    tx = recipe_optimizer(r.replace(whiten_bias_epochs=1), v["params"], total_steps=10,
                         steps_per_epoch=2)
     grads = jax.tree.map(jnp.ones_like, v["params"])
     state = tx.init(v["params"])
@@ -202,20 +204,20 @@ def test_optimizer_groups_schedule_and_recipe_errors():
 
 
 def test_set_flag_parsing():
-    assert speedrun_script.parse_overrides(["epochs=2", "widths=8,8,8", "bf16=false"]) == {
+    assert fast_trainer.parse_overrides(["epochs=2", "widths=8,8,8", "bf16=false"]) == {
         "epochs": 2.0, "widths": (8, 8, 8), "bf16": False}
     with pytest.raises(ValueError, match="field=value"):
-        speedrun_script.parse_overrides(["nonsense=1"])
+        fast_trainer.parse_overrides(["nonsense=1"])
 
 
 def test_quick_warm_start_run(tmp_path):
-    rec = speedrun_script.main(["--quick", "--mode", "warm-start", "--runs", "1", "--shrink",
-                                "0.3", "--compile-cache", "", "--out", str(tmp_path)])
-    res = rec["results"]
+    rec = fast_trainer.main(["--quick", "--mode", "warm-start", "--runs", "1", "--shrink",
+                             "0.3", "--compile-cache", "", "--out", str(tmp_path)])
+    res = rec.results
     assert set(res) == {"random_init", "warm_start", "sp_0.3"}
     for arm in res.values():
-        assert len(arm["rows"]) == 1
-        assert all(0.0 <= r["acc"] <= 1.0 for r in arm["rows"])
+        assert len(arm.rows) == 1
+        assert all(0.0 <= r.acc <= 1.0 for r in arm.rows)
     # Four separable synthetic classes (chance 25%): 16 steps of the recipe learn them.
-    assert res["random_init"]["acc_mean"] > 35.0
+    assert res["random_init"].acc_mean > 35.0
     assert (tmp_path / "results.json").exists()

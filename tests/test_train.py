@@ -5,10 +5,16 @@ import numpy as np
 import optax
 import pytest
 
+from wsjax import warmstart
+from wsjax.engine import Engine, make_epoch_fn
 from wsjax.models import create_model, init_variables
 from wsjax.optim import kernels_only, make_optimizer
-from wsjax.train import (FitProgress, StopRule, TrainState, fit, init_replicas, make_epoch_fn,
-                         make_eval_fn, make_train_step, pad_indices, replica_keys, summarize)
+from wsjax.train import (FitProgress, StopRule, TrainState, make_train_step, pad_indices,
+                         replica_keys)
+
+
+def init_replicas(model, tx, keys, input_shape):
+    return Engine(model, tx, input_shape=input_shape).init_states(keys)
 
 
 def _batch(ds, n=32):
@@ -107,7 +113,7 @@ def test_epoch_partial_batch_and_no_recompile(setup):
 
 def test_inactive_replica_is_unchanged(setup):
     model, tx, x, y = setup
-    epoch = make_epoch_fn(model, tx, batch_size=64)
+    epoch = Engine(model, tx, batch_size=64, input_shape=(8, 8, 3)).epoch
     keys = replica_keys([0, 1])
     states = init_replicas(model, tx, keys, (8, 8, 3))
     before = jax.tree.map(lambda a: np.asarray(a[1]), states)
@@ -119,14 +125,13 @@ def test_inactive_replica_is_unchanged(setup):
 
 def test_vmapped_seeds_equal_separate_runs(setup):
     model, tx, x, y = setup
-    epoch = make_epoch_fn(model, tx, batch_size=64)
+    engine = Engine(model, tx, batch_size=64, input_shape=(8, 8, 3))
     stop = StopRule(threshold=0.95, max_epochs=6)
     seeds = [3, 7, 11]
 
     def run(seed_list):
         keys = replica_keys(seed_list)
-        states = init_replicas(model, tx, keys, (8, 8, 3))
-        return fit(epoch, states, keys, x, y, np.arange(240), stop)
+        return engine.fit(engine.init_states(keys), keys, x, y, np.arange(240), stop)
 
     together, prog = run(seeds)
     for r, seed in enumerate(seeds):
@@ -140,11 +145,11 @@ def test_vmapped_seeds_equal_separate_runs(setup):
 
 def test_fit_resumes_exactly(setup):
     model, tx, x, y = setup
-    epoch = make_epoch_fn(model, tx, batch_size=64)
+    engine = Engine(model, tx, batch_size=64, input_shape=(8, 8, 3))
     stop = StopRule(threshold=1.01, max_epochs=4)
     keys = replica_keys([0, 1])
-    fresh = lambda: init_replicas(model, tx, keys, (8, 8, 3))
-    full, prog = fit(epoch, fresh(), keys, x, y, np.arange(200), stop)
+    fresh = lambda: engine.init_states(keys)
+    full, prog = engine.fit(fresh(), keys, x, y, np.arange(200), stop)
     saved = {}
 
     def crash_after_two(states, progress):
@@ -154,10 +159,10 @@ def test_fit_resumes_exactly(setup):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(epoch, fresh(), keys, x, y, np.arange(200), stop, on_epoch=crash_after_two)
+        engine.fit(fresh(), keys, x, y, np.arange(200), stop, on_epoch=crash_after_two)
     states = jax.tree.map(jnp.asarray, saved["states"])
-    resumed, prog2 = fit(epoch, states, keys, x, y, np.arange(200), stop,
-                         progress=FitProgress.from_dict(saved["progress"]))
+    resumed, prog2 = engine.fit(states, keys, x, y, np.arange(200), stop,
+                                progress=FitProgress.from_dict(saved["progress"]))
     chex.assert_trees_all_close(resumed, full)
     assert prog2.epochs == prog.epochs == [4, 4]
 
@@ -165,10 +170,10 @@ def test_fit_resumes_exactly(setup):
 @pytest.mark.parametrize("loop", ["device", "host"])
 def test_exact_evaluation(setup, tiny, loop):
     model, tx, x, y = setup
-    states = init_replicas(model, tx, replica_keys([0, 1]), (8, 8, 3))
-    evaluate = make_eval_fn(model, batch_size=64, loop=loop)
+    engine = Engine(model, tx, eval_batch_size=64, loop=loop, input_shape=(8, 8, 3))
+    states = engine.init_states(replica_keys([0, 1]))
     idx = jnp.arange(37, 137)  # 100 examples: one full and one partial batch
-    out = summarize(evaluate(states, x, y, idx))
+    out = engine.evaluate(states, x, y, idx)
     variables = jax.tree.map(lambda a: a[1], states).variables
     logits = model.apply(variables, tiny.x_train[37:137] / 127.5 - 1.0)
     acc = float(np.mean(np.argmax(logits, -1) == tiny.y_train[37:137]))
@@ -193,12 +198,60 @@ def test_host_and_device_loops_agree(tiny):
     idx, n = pad_indices(np.arange(100), 120)
     out = {}
     for loop in ("device", "host"):
-        epoch = make_epoch_fn(model, tx, batch_size=32, loop=loop, input_shape=(8, 8, 3))
-        states = init_replicas(model, tx, keys, (8, 8, 3))
-        out[loop] = epoch(states, keys, jnp.array([True, False]), x, y, jnp.asarray(idx), n)
+        engine = Engine(model, tx, batch_size=32, loop=loop, input_shape=(8, 8, 3))
+        out[loop] = engine.epoch(engine.init_states(keys), keys, jnp.array([True, False]), x, y,
+                                 jnp.asarray(idx), n)
     # The last batch has 4 examples, so stage 4's BN sees four 1x1 maps: a one-pass variance
     # made the two compilations differ by 1e-2 here (jax 0.7); the two-pass one agrees to ~1e-5.
     chex.assert_trees_all_close(out["host"], out["device"], rtol=1e-4, atol=1e-4)
     assert int(out["host"][0].step[0]) == 4 and int(out["host"][0].step[1]) == 0
     with pytest.raises(ValueError, match="loop='gpu'"):
-        make_epoch_fn(model, tx, batch_size=32, loop="gpu")
+        Engine(model, tx, batch_size=32, loop="gpu", input_shape=(8, 8, 3))
+    with pytest.raises(ValueError, match="jit=False"):
+        make_epoch_fn(model, tx, batch_size=32, loop="host", jit=False)
+
+
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_passes_over_data_are_exact(tiny, loop):
+    """predict, grad_norms and recompute_batch_stats against direct computations, in both
+    loop kinds (a padded last batch, so every example counts once)."""
+    model = create_model("resnet18_narrow", 4, widths=(4, 4, 4, 4))
+    engine = Engine(model, make_optimizer("sgd", 0.1), batch_size=16, eval_batch_size=24,
+                    loop=loop, input_shape=(8, 8, 3))
+    states = engine.init_states(replica_keys([0, 1]))
+    x, y = jax.device_put(tiny.x_train), jax.device_put(tiny.y_train)
+    images = lambda ids: tiny.x_train[ids] / 127.5 - 1.0
+    one = jax.tree.map(lambda a: a[1], states)
+    idx = np.arange(10, 60)  # 50 examples: 3 batches of 24, the last padded
+    probs = engine.predict(states, x, idx)
+    assert probs.shape == (2, 50, 4)
+    expect = jax.nn.softmax(model.apply(one.variables, images(idx), train=False))
+    np.testing.assert_allclose(probs[1], expect, rtol=1e-4, atol=1e-6)
+
+    def norm(ids):
+        def loss(p):
+            logits, _ = model.apply({"params": p, "batch_stats": one.batch_stats}, images(ids),
+                                    train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tiny.y_train[ids]).mean()
+        grads = jax.tree.leaves(jax.grad(loss)(one.params))
+        return np.sqrt(sum(float(jnp.sum(g ** 2)) for g in grads))
+
+    # Whole batches of 16 only: 50 examples give 3 (the last 2 examples are left out).
+    want = np.mean([norm(idx[i * 16:(i + 1) * 16]) for i in range(3)])
+    np.testing.assert_allclose(engine.grad_norms(states, x, y, idx)[1], want, rtol=1e-4)
+    # One batch of all 16 examples: the statistics are those 16 examples' moments.
+    stats = engine.recompute_batch_stats(states.params, states.batch_stats, x, idx[:16],
+                                         jax.random.key(0), num_batches=1)
+    direct = warmstart.recompute_batch_stats(model, one.params, one.batch_stats,
+                                             images(idx[:16])[None])
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], stats), direct, rtol=1e-4,
+                                atol=1e-5)
+
+
+def test_engine_replace_keeps_the_other_decisions(setup):
+    model, tx, _, _ = setup
+    engine = Engine(model, tx, batch_size=64, eval_batch_size=32, input_shape=(8, 8, 3))
+    other = engine.replace(batch_size=16)
+    assert (other.batch_size, other.eval_batch_size, other.input_shape) == (16, 32, (8, 8, 3))
+    with pytest.raises(ValueError, match="no option"):
+        engine.replace(batchsize=16)

@@ -112,9 +112,6 @@ def test_recompute_batch_stats_matches_batch_moments():
     var = np.mean([f.var(axis=(0, 1, 2)) for f in feats], axis=0)
     np.testing.assert_allclose(stats["stem_bn"]["mean"], mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["stem_bn"]["var"], var, rtol=1e-4, atol=1e-5)
-    host = warmstart.recompute_batch_stats(model, v["params"], v["batch_stats"], images,
-                                           loop="host")
-    chex.assert_trees_all_close(host, stats, rtol=1e-5, atol=1e-6)
     mlp = create_model("mlp", 3)
     assert warmstart.recompute_batch_stats(mlp, {}, {}, images) == {}
 
@@ -142,3 +139,60 @@ def test_reset_opt_state_whole_and_partial():
         warmstart.reset_opt_state(tx, state, params, reset_counts=False)
     with pytest.raises(ValueError, match="different structures"):
         warmstart.reset_opt_state(optax.sgd(0.1, momentum=0.9), state, params)
+
+
+def test_arm_fields_are_checked():
+    with pytest.raises(ValueError, match="noise_kind='uniform'"):
+        warmstart.Arm("a", noise_kind="uniform")
+    with pytest.raises(ValueError, match="bn='drop'"):
+        warmstart.Arm("a", bn="drop")
+    with pytest.raises(ValueError, match="optimizer='zero'"):
+        warmstart.Arm("a", optimizer="zero")
+    with pytest.raises(ValueError, match="shrink=1.5 is out of range"):
+        warmstart.Arm("a", shrink=1.5)
+    with pytest.raises(ValueError, match="noise_scale=-1 is out of range"):
+        warmstart.Arm("a", noise_scale=-1)
+
+
+def test_apply_arm_on_stacked_replicas():
+    model = create_model("resnet18_narrow", 3, widths=(4, 4, 4, 4))
+    init = jax.vmap(lambda k: init_variables(model, k, (8, 8, 3)))
+    old, fresh = init(jax.random.split(jax.random.key(0), 2)), init(
+        jax.random.split(jax.random.key(1), 2))
+    stats = jax.tree.map(lambda x: x + 3.0, old["batch_stats"])
+    # Shrink-perturb with a fresh init; BatchNorm reset; a new optimizer state.
+    arm = warmstart.Arm("sp", shrink=0.6, noise_scale=0.01)
+    params, new_stats, opt = warmstart.apply_arm(arm, old["params"], stats, "old-opt",
+                                                 fresh=fresh["params"])
+    chex.assert_trees_all_close(params, jax.tree.map(lambda a, b: 0.6 * a + 0.01 * b,
+                                                     old["params"], fresh["params"]),
+                                rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(new_stats, old["batch_stats"])  # mean 0, var 1
+    assert opt is None
+    # Gaussian noise with one key per replica: each replica's noise is its own key's.
+    keys = jax.random.split(jax.random.key(5), 2)
+    arm = warmstart.Arm("g", shrink=1.0, noise_scale=0.1, noise_kind="gaussian", bn="keep",
+                        optimizer="keep")
+    params, kept, opt = warmstart.apply_arm(arm, old["params"], stats, "old-opt", key=keys)
+    one = warmstart.shrink_perturb_gaussian(keys[1], jax.tree.map(lambda a: a[1], old["params"]),
+                                            1.0, 0.1)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], params), one)
+    chex.assert_trees_all_close(kept, stats)
+    assert opt == "old-opt"
+    # Recomputed statistics come from the callable, with the new weights.
+    arm = warmstart.Arm("r", bn="recompute")
+    seen = {}
+    recompute = lambda p, s: seen.setdefault("stats", jax.tree.map(jnp.zeros_like, s))
+    _, out, _ = warmstart.apply_arm(arm, old["params"], stats, fresh=fresh["params"],
+                                    recompute=recompute)
+    chex.assert_trees_all_close(out, seen["stats"])
+    with pytest.raises(ValueError, match="needs fresh"):
+        warmstart.apply_arm(warmstart.Arm("a"), old["params"], stats)
+    with pytest.raises(ValueError, match="needs a key"):
+        warmstart.apply_arm(warmstart.Arm("a", noise_kind="gaussian"), old["params"], stats)
+    with pytest.raises(ValueError, match="needs recompute"):
+        warmstart.apply_arm(warmstart.Arm("a", bn="recompute"), old["params"], stats,
+                            fresh=fresh["params"])
+    with pytest.raises(ValueError, match="needs the previous opt_state"):
+        warmstart.apply_arm(warmstart.Arm("a", optimizer="keep"), old["params"], stats,
+                            fresh=fresh["params"])

@@ -254,6 +254,28 @@ def online_chunks(idx: np.ndarray, chunk: int) -> list[np.ndarray]:
     return [np.asarray(idx)[:e] for e in ends]
 
 
+def padded_batches(idx, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``idx`` cut into whole batches for an exact pass over ``x[idx]``: returns ``(ids, mask)``,
+    both of shape ``(num_batches, batch_size)``, where the last batch is padded with index 0 and
+    ``mask`` marks the real entries, so every example counts once (at least one batch).
+
+    Every pass over data in wsjax (evaluation, prediction, gradient norms, BatchNorm
+    statistics, the fast trainer's test-time augmentation) batches through this.
+
+    >>> ids, mask = padded_batches(np.arange(5), 2)
+    >>> ids.tolist(), mask.sum()
+    ([[0, 1], [2, 3], [4, 0]], 5)
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be positive")
+    idx = np.asarray(idx, dtype=np.int32)
+    num_batches = max(1, -(-len(idx) // batch_size))
+    ids = np.zeros(num_batches * batch_size, np.int32)
+    ids[: len(idx)] = idx
+    mask = np.arange(num_batches * batch_size) < len(idx)
+    return ids.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
+
+
 def target_fraction(num_examples: int, fraction: float, seed: int = 0) -> np.ndarray:
     """A random ``fraction`` of a target training set, for the transfer experiments."""
     return np.sort(first_fraction(shuffled(np.arange(num_examples, dtype=np.int32), seed),

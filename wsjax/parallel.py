@@ -85,3 +85,18 @@ class DataParallel:
     def place_data(self, tree):
         """Puts dataset arrays on every device (they are gathered from inside the step)."""
         return jax.device_put(tree, self.replicated)
+
+
+def choose_parallel(mode: str, num_replicas: int, *, conv: bool) -> DataParallel | None:
+    """The layout over all devices for ``mode``: ``'none'`` (or one device with ``'auto'``)
+    gives None; ``'auto'`` splits batches for conv nets (``conv``) and replicas for small
+    models when they divide evenly over the devices, else batches; ``'batch'`` and
+    ``'replica'`` as named."""
+    if mode not in ("auto", "none", "batch", "replica"):
+        raise ValueError(f"parallel={mode!r} must be 'auto', 'none', 'batch' or 'replica'")
+    n = jax.device_count()
+    if mode == "none" or (mode == "auto" and n == 1):
+        return None
+    if mode == "auto":
+        mode = "replica" if not conv and num_replicas % n == 0 else "batch"
+    return DataParallel(make_mesh(), mode)

@@ -8,17 +8,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from wsjax.models.activations import activation
 from wsjax.models.init import torch_dense
-
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "gelu": nn.gelu, "identity": lambda x: x}
 
 
 class MLP(nn.Module):
     """Flatten -> [Dense -> activation] per hidden width -> Dense head.
 
     The official MLP is ``MLP(num_classes, widths=(100, 100))``: 3072-100-100-C with ReLU and
-    biases, 318,410 parameters for 10 classes. ``widths=()`` is logistic regression. Layers are
-    named ``hidden_0``, ``hidden_1``, ... and ``head``; no layer has batch statistics.
+    biases, 318,410 parameters for 10 classes. ``widths=()`` is logistic regression;
+    ``activation`` is a name from ``wsjax.models.activations``. Layers are named ``hidden_0``,
+    ``hidden_1``, ... and ``head``; no layer has batch statistics.
 
     ``__call__(x, train=False, mask=None, return_features=False)``: ``train`` and ``mask`` exist
     so every model shares one call signature; ``return_features`` also returns the input of the
@@ -34,11 +34,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
         del train, mask  # no batch statistics in these models
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"MLP activation={self.activation!r} is unknown; use one of {sorted(ACTIVATIONS)}"
-            )
-        act = ACTIVATIONS[self.activation]
+        act = activation(self.activation)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.widths):
             x = torch_dense(width, x.shape[-1], use_bias=self.use_bias, name=f"hidden_{i}",

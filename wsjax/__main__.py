@@ -1,0 +1,5 @@
+"""``python -m wsjax <command> [flags]``: the ``wsjax`` command."""
+
+from wsjax.experiments.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""Benchmark: one training epoch of the study's models, wsjax's engine vs a plain loop.
+
+wsjax: the whole epoch is one compiled call (vmapped over seeds, batches gathered on the
+device). Baseline: the same jitted train step called from a Python loop, one host-made batch
+per step (the usual first JAX port of a PyTorch loop). Both are timed after a warm-up call that
+compiles, each epoch ending in ``block_until_ready``; figures are medians of --repeats runs.
+
+    wsjax bench_epoch                 # this CPU: MLP 1 and 8 seeds, narrow ResNet
+    wsjax bench_epoch --resnet-steps 0 --mlp-seeds 1 8 64
+
+ResNet epochs on a CPU take minutes, so they are timed over --resnet-steps steps and scaled to
+a full epoch of --epoch-size examples (the study's 33,333).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax import data as wdata
+from wsjax.experiments.flags import HelpFormatter
+from wsjax.engine import Engine
+from wsjax.models import create_model
+from wsjax.optim import make_optimizer
+from wsjax.train import make_train_step, pad_indices, replica_keys
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one that compiles and warms up."""
+    fn()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_engine(model, tx, x, y, n, seeds, batch_size, repeats):
+    """Median seconds of one wsjax epoch over ``n`` examples for ``seeds`` replicas."""
+    engine = Engine(model, tx, batch_size=batch_size)
+    keys = replica_keys(range(seeds))
+    box = [engine.new_state(engine.init(keys))]
+    idx, n = pad_indices(np.arange(n))
+    idx, active = jnp.asarray(idx), jnp.ones(seeds, bool)
+
+    def run():
+        box[0], sums = engine.epoch(box[0], keys, active, x, y, idx, n)
+        return sums
+
+    return median_time(run, repeats)
+
+
+def time_python_loop(model, tx, x_host, y_host, n, batch_size, repeats):
+    """Median seconds of one epoch as a Python loop over a jitted step, batches made on host."""
+    step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    engine = Engine(model, tx, batch_size=batch_size)
+    box = [jax.tree.map(lambda a: a[0], engine.new_state(engine.init(replica_keys([0]))))]
+    rng = np.random.default_rng(0)
+
+    def run():
+        order = rng.permutation(n)
+        for i in range(math.ceil(n / batch_size)):
+            ids = order[i * batch_size:(i + 1) * batch_size]
+            batch = {"image": x_host[ids], "label": y_host[ids], "mask": np.ones(len(ids), bool)}
+            box[0], sums = step(box[0], batch, jax.random.key(i))
+        return sums
+
+    return median_time(run, repeats)
+
+
+def main(argv=None):
+    """``wsjax bench_epoch``: prints the table of epoch times."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--data-dir", default=None, help="folder with cifar10.npz (synthetic data "
+                   "when it has none)")
+    p.add_argument("--epoch-size", type=int, default=33_333, help="examples per epoch")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--mlp-seeds", type=int, nargs="*", default=[1, 8],
+                   help="seed counts timed for the MLP")
+    p.add_argument("--resnet-seeds", type=int, nargs="*", default=[1],
+                   help="seed counts timed for the narrow ResNet-18")
+    p.add_argument("--resnet-steps", type=int, default=8,
+                   help="steps timed for the ResNet (0 skips it); scaled to a full epoch")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs (the median is shown)")
+    args = p.parse_args(argv)
+
+    try:
+        ds = wdata.load_dataset("cifar10", args.data_dir, download=False)
+        source = "CIFAR-10"
+    except FileNotFoundError:
+        ds = wdata.synthetic_dataset(args.epoch_size, 10, 10)
+        source = "synthetic CIFAR-shaped data"
+    x_host, y_host = ds.x_train[: args.epoch_size], ds.y_train[: args.epoch_size]
+    x, y = jax.device_put(x_host), jax.device_put(y_host)
+    tx = make_optimizer("adam", 1e-3)
+    steps_per_epoch = math.ceil(args.epoch_size / args.batch_size)
+    print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind} "
+          f"({jax.default_backend()}), jax {jax.__version__}; {source}; epoch = "
+          f"{args.epoch_size} examples, batch {args.batch_size}; medians of {args.repeats}")
+    print(f"{'model':16s} {'seeds':>5s} {'engine s/epoch':>15s} {'per seed':>9s} "
+          f"{'python loop s/epoch':>20s} {'loop / engine per seed':>23s}")
+    rows = [("mlp", s, args.epoch_size) for s in args.mlp_seeds]
+    if args.resnet_steps:
+        n = min(args.epoch_size, args.resnet_steps * args.batch_size)
+        rows += [("resnet18_narrow", s, n) for s in args.resnet_seeds]
+    loops = {}
+    for name, seeds, n in rows:
+        model = create_model(name, 10)
+        scale = steps_per_epoch / math.ceil(n / args.batch_size)
+        engine = time_engine(model, tx, x, y, n, seeds, args.batch_size, args.repeats) * scale
+        if name not in loops:
+            loops[name] = time_python_loop(model, tx, x_host, y_host, n, args.batch_size,
+                                           args.repeats) * scale
+        print(f"{name:16s} {seeds:5d} {engine:15.2f} {engine / seeds:9.3f} {loops[name]:20.2f} "
+              f"{loops[name] / (engine / seeds):23.2f}"
+              + ("" if scale == 1 else f"   (timed {n} examples, x{scale:.1f})"))
+
+
+if __name__ == "__main__":
+    main()

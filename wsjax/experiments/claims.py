@@ -1,0 +1,373 @@
+"""The claims table: a verdict per claim of the study, computed from saved results only.
+
+Reads every ``<root>/<run>/results.json`` (default root ``experiments/results``) through
+``wsjax.study.records``, recognizes each run by the script that wrote it, and prints for every
+claim the effect size (mean over paired seeds ± standard error), the evidence it comes from and
+a verdict: ``confirmed`` when the effect has the claimed sign and exceeds twice its standard
+error, ``refuted`` when it has the opposite sign beyond twice its standard error,
+``inconclusive`` otherwise (always with a single seed), and ``not run`` with the command that
+would make the evidence when no run of that script is there. A "no effect" claim names a tolerance: confirmed when the effect's 2-SE
+interval lies inside it, refuted when it lies outside.
+
+Runs of ``bn_stats`` made one seed per process (``--seed-offset k``) are pooled by cell.
+
+    wsjax claims
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from wsjax.experiments.flags import HelpFormatter
+from wsjax.study import records
+from wsjax.study.stats import mean_se, paired_mean_se, value
+
+# What to run when a script's evidence is missing.
+COMMANDS = {
+    "table1": "table1 --models logreg mlp --seeds 5",
+    "curves": "curves (Fig 1)",
+    "online": "online --model mlp --shrink 0.6 --seeds 3 (Fig 2; --select margin)",
+    "sweep": "sweep (Fig 3)",
+    "checkpoint_age": "checkpoint_age (Fig 4)",
+    "regularization": "regularization",
+    "grad_norms": "grad_norms (Fig 5)",
+    "shrink_only": "shrink_only (Fig 6)",
+    "sp_grid": "sp_grid (Fig 8)",
+    "transfer": "transfer (Fig 9: needs CIFAR-100 / SVHN)",
+    "perturb_only": "perturb_only",
+    "sp_every_step": "sp_every_step",
+    "bn_stats": "bn_stats (claims 3, 5, 6, 7; ResNet)",
+}
+
+
+# "No effect" tolerances: validation accuracy within half a point counts as the gap closed;
+# training accuracy within a point counts as a similar fit.
+CLOSED_PP = 0.5
+SIMILAR_FIT_PP = 1.0
+
+
+def verdict(effect: tuple[float, float], sign: int, n: int = 2, tol: float = 0.0) -> str:
+    """``sign`` +1/-1: the claim predicts a positive/negative effect; 0: no effect beyond
+    ``tol``. ``n`` is the number of seeds: one seed has no spread, so it decides nothing."""
+    m, se = effect
+    if n < 2:
+        return "inconclusive (1 seed)"
+    if sign == 0:
+        if abs(m) + 2 * se <= tol:
+            return f"confirmed (within ±{tol:g})"
+        return f"refuted (beyond ±{tol:g})" if abs(m) - 2 * se > tol else "inconclusive"
+    if abs(m) > 2 * se:
+        return "confirmed" if np.sign(m) == sign else "refuted"
+    return "inconclusive"
+
+
+def fmt(effect, unit="pp") -> str:
+    return f"{effect[0]:+.2f} ± {effect[1]:.2f} {unit}"
+
+
+def _records(root: Path) -> list[tuple[str, records.Record]]:
+    """``(run name, record)`` for every run directly under ``root``, sorted by name."""
+    return [(path.parent.name, records.load(path))
+            for path in sorted(root.glob("*/results.json"))]
+
+
+def _per_seed(rows, values, key):
+    """Per-seed rows ``{'seed', key}`` from per-replica ``values`` (in ``rows``' order)."""
+    return [{"seed": r.seed, key: float(v)} for r, v in zip(rows, values)]
+
+
+class Table:
+    """Accumulates claim rows."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, claim, evidence, effect, n, sign=1, unit="pp", tol=0.0):
+        """A row with ``effect`` = (mean, SE) over ``n`` seeds."""
+        self.rows.append({"claim": claim, "evidence": evidence, "effect": fmt(effect, unit),
+                          "verdict": verdict(effect, sign, n, tol)})
+
+    def missing(self, claim, evidence, command):
+        self.rows.append({"claim": claim, "evidence": evidence, "effect": "-",
+                          "verdict": f"not run: {command}"})
+
+    def mean(self, claim, evidence, values, **kw):
+        """The mean ± SE of per-seed ``values``."""
+        self.add(claim, evidence, mean_se(values), len(values), **kw)
+
+    def paired(self, claim, evidence, a_rows, b_rows, key="val_acc", scale=100.0, **kw):
+        """``scale * (a - b)`` of ``key`` over the seeds both per-seed row lists have."""
+        n = len({value(r, "seed") for r in a_rows} & {value(r, "seed") for r in b_rows})
+        self.add(claim, evidence, paired_mean_se(a_rows, b_rows, key, scale), n, **kw)
+
+    def gap(self, claim, evidence, res, a="random_init", b="warm_start", sign=1,
+            tol=CLOSED_PP):
+        """``a - b`` validation accuracy (pp), paired by seed."""
+        self.paired(claim, evidence, res[a].seeds, res[b].seeds, sign=sign, tol=tol)
+
+
+def _table1(t: Table, name: str, cells: list[tuple[str, records.Run]]):
+    for cell, rec in cells:
+        t.gap("Warm-started models generalize worse (random init - warm start, val acc)",
+              f"Table 1 {cell}", rec.results)
+    for cell, rec in cells:
+        # Compute as passes over the full fitted split (epochs x share of the data): unlike
+        # seconds on a shared machine, it does not depend on what else was running.
+        res, frac = rec.results, rec.config["first_fraction"]
+        r1 = {r.seed: r.epochs for r in res["warm_start"].round1}
+        fresh = [{"seed": r.seed, "p": r.epochs} for r in res["random_init"].seeds]
+        final = [{"seed": r.seed, "p": r.epochs} for r in res["warm_start"].seeds]
+        both = [{"seed": r.seed, "p": r.epochs + frac * r1[r.seed]}
+                for r in res["warm_start"].seeds]
+        t.paired("Warm-starting saves compute (random init - warm start, final round)",
+                 f"Table 1 {cell}", fresh, final, "p", 1.0, unit="passes")
+        t.paired("... even counting round 1 (random init - warm start, both rounds)",
+                 f"Table 1 {cell}", fresh, both, "p", 1.0, unit="passes")
+
+
+def _label_noise(t: Table, name: str, res: dict, config: dict):
+    pct = f"{config['label_noise'] * 100:g}%"
+    t.gap(f"Warm start generalizes worse with {pct} noisy labels (random - warm)", name, res)
+    for arm in [a for a in res if a.startswith("sp_")]:
+        t.gap(f"Shrink-perturb helps with noisy labels ({arm} - warm)", name, res, arm)
+        t.gap(f"... and closes the gap (random - {arm}; 0 = closed)", name, res, b=arm, sign=0)
+
+
+def _two_phase(t: Table, name: str, rec: records.Run):
+    res, config = rec.results, rec.config
+    if config.get("label_noise"):
+        return _label_noise(t, name, res, config)
+    t.gap("Warm-started models generalize worse (random init - warm start, val acc)", name, res)
+    for arm in [a for a in res if a.startswith("sp_")]:
+        t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", name, res, arm)
+        t.gap(f"... and closes it (random - {arm}; 0 = closed)", name, res, b=arm, sign=0)
+
+
+def _shrink_only(t: Table, name: str, rec: records.Run):
+    for model in sorted(rec.results, key=lambda n: not n.endswith("nobias")):
+        r = rec.results[model]
+        acc, shrinks = np.asarray(r.val_acc) * 100, r.shrinks
+        i = shrinks.index(0.5) if 0.5 in shrinks else len(shrinks) // 2
+        nobias = model.endswith("nobias")
+        text = (f"Shrinking (x0.5) leaves a bias-free ReLU net's accuracy alone ({model})"
+                if nobias else f"... but costs a net with biases accuracy ({model})")
+        t.mean(f"{text}: acc(1) - acc(0.5)", f"Fig 6 {name}", acc[-1] - acc[i],
+               sign=0 if nobias else 1, tol=0.1)
+
+
+def _online(t: Table, name: str, rec: records.Run):
+    res = rec.results
+    select = rec.config.get("select", "order")
+    label = "online (data arrive in chunks)" if select == "order" else f"active selection ({select})"
+    last = lambda arm: res[arm][-1].seeds
+    at = f"{name}, n={res['warm_start'][-1].n}"
+    if "random_init" in res:
+        t.paired(f"Warm start generalizes worse, {label} (last round, random - warm)", at,
+                 last("random_init"), last("warm_start"))
+    for arm in [a for a in res if a.startswith("sp_")]:
+        t.paired(f"Shrink-perturb narrows the gap, {label} (last round, {arm} - warm)", at,
+                 last(arm), last("warm_start"))
+        if "random_init" not in res:
+            continue
+        t.paired(f"... and closes it ({label}, last round, random - {arm}; 0 = closed)", at,
+                 last("random_init"), last(arm), sign=0, tol=CLOSED_PP)
+        # Examples processed over all rounds (epochs x training-set size), in millions.
+        total = lambda a: [{"seed": s.seed, "t": sum(r.seeds[i].epochs * r.n
+                                                     for r in res[a]) / 1e6}
+                           for i, s in enumerate(res[a][-1].seeds)]
+        t.paired(f"... with less training than random init ({label}, random - {arm})", at,
+                 total("random_init"), total(arm), "t", 1.0, unit="M examples")
+
+
+def _curves(t: Table, name: str, rec: records.Run):
+    res = rec.results
+    t.gap("Warm-started models generalize worse (Fig 1, fixed epoch budget, random - warm)",
+          name, res)
+    # The running train accuracy of the last 5 epochs: the last epoch's train loss alone is
+    # near 0 and spiky (Adam), so a ratio of losses says nothing.
+    fit = {a: 100 * np.mean([h["train_acc"] for h in res[a].history[-5:]], axis=0)
+           for a in ("random_init", "warm_start")}
+    t.mean("... with a similar fit of the training data (warm - random, train acc of the last "
+           "5 epochs)", name, fit["warm_start"] - fit["random_init"], sign=0,
+           tol=SIMILAR_FIT_PP)
+
+
+def _checkpoint_age(t: Table, name: str, rec: records.Run):
+    res = rec.results
+    ages = sorted((r.round1_epoch, a) for a, r in res.items() if a.startswith("from_epoch"))
+    for k, arm in ages[:1] + ages[-1:]:
+        t.gap(f"A little pretraining already hurts (random - warm from round-1 epoch {k})",
+              name, res, b=arm)
+    # Single snapshots are noisy: the paired gap averaged over every snapshot after the first.
+    later = [arm for _, arm in ages[1:]]
+    if later:
+        pooled = [{"seed": r.seed, "val_acc": np.mean([res[a].seeds[i].val_acc
+                                                       for a in later])}
+                  for i, r in enumerate(res[later[0]].seeds)]
+        t.paired(f"... from round-1 epoch {ages[1][0]} on (random - warm, mean over those "
+                 f"{len(later)} checkpoints)", name, res["random_init"].seeds, pooled)
+
+
+def _grad_norms(t: Table, name: str, rec: records.Run):
+    res = rec.results
+
+    def ratio(arm):  # old / new gradient norm at the start of round 2, per seed
+        s = res[arm].start
+        return _per_seed(res[arm].seeds, np.asarray(s["grad_old"]) / np.asarray(s["grad_new"]),
+                         "r")
+
+    warm = ratio("warm_start")
+    t.mean("Warm start: smaller gradients on old than on new data (1 - old/new norm, start of "
+           "round 2)", name, [1 - r["r"] for r in warm], unit="")
+    sp = sorted((a for a in res if a.startswith("sp_")), key=lambda a: float(a[3:]))
+    if sp:
+        t.paired(f"Shrink-perturb balances them ({sp[0]} - warm, old/new norm ratio)", name,
+                 ratio(sp[0]), warm, "r", 1.0, unit="")
+
+
+def _sp_grid(t: Table, name: str, rec: records.Run):
+    res = rec.results
+    arms = {(r.arm.shrink, r.arm.noise_scale): a for a, r in res.items() if r.arm is not None}
+    noises = sorted({p for _, p in arms if p > 0})
+    p = 0.01 if 0.01 in noises else (noises or [None])[0]  # the paper's sigma when it was run
+    for s in sorted({s for s, _ in arms if s < 1}):
+        if (s, 0.0) in arms and (s, p) in arms:
+            t.gap(f"Perturbing after shrinking helps accuracy (shrink {s:g}: noise {p:g} - none)",
+                  name, res, arms[(s, p)], arms[(s, 0.0)])
+            t.paired(f"... and time (shrink {s:g}: final-round epochs, none - noise {p:g})",
+                     name, res[arms[(s, 0.0)]].seeds, res[arms[(s, p)]].seeds, "epochs",
+                     1.0, unit="epochs")
+    if arms:
+        best = max(arms.values(), key=lambda a: np.mean([r.val_acc for r in res[a].seeds]))
+        t.gap(f"Shrink-perturb closes the gap (best cell {best} - random init; 0 = closed)",
+              name, res, best, "random_init", sign=0)
+        t.paired(f"... in less time than random init (random - {best}, final-round epochs)",
+                 name, res["random_init"].seeds, res[best].seeds, "epochs", 1.0,
+                 unit="epochs")
+
+
+def _perturb_only(t: Table, name: str, rec: records.Run):
+    res = rec.results
+    for arm in [a for a in res if a.startswith("sp_1")]:
+        t.gap(f"Perturbing alone does not close the gap (random - {arm})", name, res, b=arm)
+
+
+def _cells(claim: str) -> Callable:
+    def each(t: Table, name: str, rec: records.Cells):
+        for cell, c in rec.cells.items():
+            t.gap(claim, f"{name} {cell}", c.results)
+    return each
+
+
+@dataclasses.dataclass
+class _Pooled:
+    """An arm of a BN cell pooled over runs: its rows, the train accuracy of its first
+    epoch and the watched values on its starting weights, seed by seed."""
+
+    seeds: list = dataclasses.field(default_factory=list)
+    epoch1_train_acc: list = dataclasses.field(default_factory=list)
+    start: dict = dataclasses.field(default_factory=dict)
+
+
+def _bn_stats(t: Table, runs: list[tuple[str, records.Cells]]):
+    """Claims 3, 5, 6, 7, pooled over the runs (seeds) of each cell."""
+    pooled: dict[str, dict[str, _Pooled]] = {}
+    for _, rec in runs:
+        for cell, c in rec.cells.items():
+            for arm, r in c.results.items():
+                into = pooled.setdefault(cell, {}).setdefault(arm, _Pooled())
+                into.seeds += r.seeds
+                if r.history:
+                    into.epoch1_train_acc += r.history[0]["train_acc"]
+                for k, v in (r.start or {}).items():
+                    into.start.setdefault(k, []).extend(v)
+    names = ", ".join(n for n, _ in runs)
+    for cell, res in pooled.items():
+        at = f"{names} {cell}"
+        keep, reset, recompute = (f"warm_start_bn_{m}" for m in ("keep", "reset", "recompute"))
+        t.gap("Warm start generalizes worse, ResNet (random - warm, BN kept)", at, res, b=keep)
+        t.gap("Claim 3: resetting BN statistics improves warm-starting (reset - keep)", at, res,
+              reset, keep)
+        t.gap("... recomputing them on the new data (recompute - keep)", at, res, recompute, keep)
+        t.paired("Claim 5: reset converges faster (keep - reset, final-round epochs)", at,
+                 res[keep].seeds, res[reset].seeds, "epochs", 1.0, unit="epochs")
+        first = lambda a: _per_seed(res[a].seeds, res[a].epoch1_train_acc, "acc")
+        if res[reset].epoch1_train_acc and res[keep].epoch1_train_acc:
+            t.paired("... and starts faster (reset - keep, round-2 train acc of epoch 1)", at,
+                     first(reset), first(keep), "acc")
+        t.gap("Claim 6: the gap comes from the BN mismatch, so matched statistics close it "
+              "(random - recompute; 0 = closed)", at, res, b=recompute, sign=0)
+        if res[keep].start.get("bn_mean_gap"):
+            gap = lambda a: _per_seed(res[a].seeds, res[a].start["bn_mean_gap"], "g")
+            t.paired("Claim 7: resetting restores the alignment (keep - reset, BN mean "
+                     "mismatch at the start of round 2)", at, gap(keep), gap(reset), "g", 1.0,
+                     unit="std")
+
+
+SINGLE = {
+    "shrink_only": _shrink_only,
+    "online": _online,
+    "curves": _curves,
+    "checkpoint_age": _checkpoint_age,
+    "grad_norms": _grad_norms,
+    "sp_grid": _sp_grid,
+    "perturb_only": _perturb_only,
+    "warm_start": _two_phase,
+    "sweep": _cells("The gap appears at every lr and batch (random - warm)"),
+    "regularization": _cells("Regularization does not close the gap (random - warm)"),
+    "sp_every_step": _cells("Warm start vs random init, shrink-perturb every step "
+                            "(random - warm)"),
+}
+
+
+def claims(root: Path, runs=None) -> list[dict]:
+    """Every claim with its evidence, effect and verdict; with ``runs`` (names of run folders
+    under ``root``), only the claims those runs give evidence for."""
+    t = Table()
+    found = _records(Path(root))
+    if runs is not None:
+        found = [(name, rec) for name, rec in found if name in set(runs)]
+    seen = {rec.script for _, rec in found}
+    for name, rec in found:
+        if rec.script == "table1":
+            _table1(t, name, _records(Path(root) / name))
+        elif rec.script in SINGLE:
+            SINGLE[rec.script](t, name, rec)
+    bn = [(n, r) for n, r in found if r.script == "bn_stats"]
+    if bn:
+        _bn_stats(t, bn)
+    for script, command in COMMANDS.items():
+        if runs is None and script not in seen:
+            t.missing(f"(evidence of {script})", "-", command)
+    return t.rows
+
+
+def main(argv=None) -> list[dict]:
+    """Prints the claims table as markdown."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("root", nargs="?", default="experiments/results",
+                   help="folder whose run folders hold results.json")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    rows = claims(Path(args.root))
+    print(markdown(rows))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """Claim rows as a markdown table."""
+    lines = ["| claim | evidence | effect (mean ± SE over seeds) | verdict |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['claim']} | {r['evidence']} | {r['effect']} | {r['verdict']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

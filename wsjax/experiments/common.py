@@ -1,0 +1,349 @@
+"""What the study's experiment scripts share: their typed configs (every field a flag, see
+``wsjax.experiments.flags``) and the small builders that turn a config into the pieces of a
+run: data on the devices, model, optimizer, engine, stop rule, run directory, stages.
+
+A script's ``main(argv)`` parses its flags into its config and calls its ``run(cfg)``, which
+calls ``setup(cfg, script)`` and a protocol, and ends with ``finish``. Scripts with several
+cells call another script's ``run(dataclasses.replace(cfg, ...))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+
+from wsjax import data as wdata
+from wsjax.engine import Engine
+from wsjax.experiments.flags import flatten, option
+from wsjax.models import MODELS, create_model
+from wsjax.objectives import Objective
+from wsjax.optim import OPTIMIZERS, make_optimizer
+from wsjax.parallel import choose_parallel
+from wsjax.study import records
+from wsjax.study.runlog import Progress, RunDir, TensorBoardSink, jsonable
+from wsjax.study.stages import Stages, StudyData
+from wsjax.train import StopRule, has_conv
+from wsjax.warmstart import shrink_perturb_every_step
+
+QUICK = {"train_subset": 3000, "max_epochs": 20, "seeds": 2}
+
+# Settings of how a run is carried out, not of what it computes: a resumed run may change them.
+RUN_ONLY = ("out", "checkpoint_every", "progress", "tensorboard")
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    """``'8,16,32'`` -> ``(8, 16, 32)`` (the ``--widths`` flag)."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers "
+                                         f"(e.g. 8,16,32,64)") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data, and which part of it."""
+
+    dataset: str = option("cifar10", "cifar10, cifar100, svhn, or synthetic[:classes[:size]] "
+                          "(a small learnable stand-in)")
+    data_dir: str | None = option(None, "folder with <dataset>.npz (when not given: "
+                                  "$WSJAX_DATA_DIR, else ~/.cache/wsjax)")
+    train_subset: int | None = option(None, "use only the first N official training images "
+                                      "(quick runs)")
+    split_seed: int = option(0, "seed of the 2/3 : 1/3 split")
+    label_noise: float = option(0.0, "fraction of the fitted split's labels replaced by random "
+                                "ones (validation and test labels stay clean)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network."""
+
+    model: str = option("mlp", "the model", choices=sorted(MODELS))
+    widths: tuple[int, ...] | None = option(
+        None, "comma-separated layer widths overriding the model's (e.g. 8,16,32,64 for a "
+        "reduced ResNet, 100,100 for the MLP)", parse=comma_ints)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer (PyTorch's, with coupled L2 weight decay)."""
+
+    optimizer: str = option("adam", "the optimizer", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate (constant)")
+    weight_decay: float = option(0.0, "coupled L2, as PyTorch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Batches, seeds and devices."""
+
+    batch_size: int = option(128, "training batch size (the last batch is partial)")
+    seeds: int = option(4, "replicas trained at once (vmapped)")
+    seed_offset: int = option(0, "first seed")
+    parallel: str = option("auto", "data parallelism over all devices (auto: batch for conv "
+                           "nets, replica for small models when the seeds divide evenly; "
+                           "none on one device)", choices=("auto", "none", "batch", "replica"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StopConfig:
+    """When a round stops."""
+
+    threshold: float = option(0.99, "stop at this running train accuracy")
+    max_epochs: int = option(350, "epoch cap of a round")
+    plateau_window: int | None = option(
+        None, "also stop when train acc's std over this many epochs < --plateau-std "
+        "(when not given: 3 for logreg/mlp, off for ResNets; 0 turns it off)")
+    plateau_std: float = option(0.002, "see --plateau-window")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where the run goes and how it reports."""
+
+    out: str | None = option(None, "run directory (results, logs, checkpoints; when not "
+                             "given: runs/<command>_<dataset>_<model>_<optimizer>)")
+    checkpoint_every: int = option(1, "epochs between checkpoints")
+    quick: bool = option(False, "a CPU-minutes run")
+    progress: str = option("line", "progress display: a line per epoch, one updating bar, or "
+                           "off", choices=Progress.MODES)
+    tensorboard: bool = option(False, "also write metrics as TensorBoard events in "
+                               "<out>/tensorboard (needs tensorboardX)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study experiment is run with, besides its protocol's own settings."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    stop: StopConfig = StopConfig()
+    run: RunConfig = RunConfig()
+
+
+def replace_study(cfg, **groups):
+    """``cfg`` (a script config with a ``study`` field) with some fields of its study config
+    changed, by group: ``replace_study(cfg, optim={'lr': 0.1}, run={'out': 'runs/x'})``."""
+    study = cfg.study
+    changes = {g: dataclasses.replace(getattr(study, g), **v) for g, v in groups.items()}
+    return dataclasses.replace(cfg, study=dataclasses.replace(study, **changes))
+
+
+def with_default_out(cfg, script: str):
+    """``cfg`` with ``--out`` defaulted to ``runs/<script>_<dataset>_<model>_<optimizer>``."""
+    s = cfg.study
+    if s.run.out is not None:
+        return cfg
+    out = f"runs/{script}_{s.data.dataset}_{s.model.model}_{s.optim.optimizer}"
+    return replace_study(cfg, run={"out": out})
+
+
+# --- builders ------------------------------------------------------------------------------
+
+
+def load_data(cfg: DataConfig) -> wdata.Dataset:
+    """The dataset named by ``cfg`` (``synthetic`` needs no files)."""
+    if cfg.dataset.startswith("synthetic"):
+        # "synthetic:C:S": C classes (10), SxS images (32); another C is another dataset.
+        parts = cfg.dataset.split(":")[1:]
+        try:
+            classes, size = (int(v) for v in (parts + ["10", "32"][len(parts):])[:2])
+        except ValueError:
+            raise ValueError(f"--dataset {cfg.dataset!r}: write synthetic[:classes[:size]]"
+                             ) from None
+        return wdata.synthetic_dataset(num_train=cfg.train_subset or 3000, num_test=500,
+                                       num_classes=classes, image_shape=(size, size, 3),
+                                       seed=classes)
+    ds = wdata.load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.train_subset:
+        ds = wdata.Dataset(ds.name, ds.x_train[: cfg.train_subset],
+                           ds.y_train[: cfg.train_subset], ds.x_test, ds.y_test, ds.num_classes)
+    return ds
+
+
+def data_dir_of(cfg: DataConfig) -> str | None:
+    """The resolved data directory (None for synthetic data)."""
+    return None if cfg.dataset.startswith("synthetic") else str(
+        wdata.default_data_dir(cfg.data_dir))
+
+
+def study_data(cfg: DataConfig, ds: wdata.Dataset, put: Callable = jax.device_put) -> StudyData:
+    """The study's split of ``ds`` on the devices (``put``), label noise applied to the
+    fitted split only."""
+    fit_idx, val_idx = wdata.study_split(len(ds.x_train), cfg.split_seed)
+    fit_idx = wdata.shuffled(fit_idx, cfg.split_seed)
+    labels = ds.y_train
+    if cfg.label_noise:
+        labels = labels.copy()
+        labels[fit_idx] = wdata.relabel_fraction(labels[fit_idx], cfg.label_noise,
+                                                 ds.num_classes, cfg.split_seed)
+    x, y = put(ds.x_train), put(labels)
+    clean = put(ds.y_train) if cfg.label_noise else y
+    eval_sets = {"val": (x, clean, put(val_idx)),
+                 "test": (put(ds.x_test), put(ds.y_test), put(np.arange(len(ds.x_test))))}
+    return StudyData(ds.name, x, y, fit_idx, val_idx, eval_sets, ds.num_classes)
+
+
+def seeds_of(cfg: TrainConfig) -> np.ndarray:
+    """The seeds named by ``--seeds``/``--seed-offset``."""
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds={cfg.seeds} must be at least 1")
+    return np.arange(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
+
+
+def build_model(cfg: ModelConfig, num_classes: int):
+    """The model named by ``--model`` with ``--widths`` applied."""
+    overrides = {"widths": tuple(cfg.widths)} if cfg.widths else {}
+    return create_model(cfg.model, num_classes, **overrides)
+
+
+def stop_rule(cfg: StopConfig, model: str) -> StopRule:
+    """The stop rule of the flags; the plateau window defaults to 3 for models that cannot
+    reach 99% (logistic regression, MLP) and to off for ResNets."""
+    window = cfg.plateau_window
+    if window is None:
+        window = None if model.startswith("resnet") else 3
+    return StopRule(cfg.threshold, cfg.max_epochs, window or None, cfg.plateau_std)
+
+
+def describe(cfg: StudyConfig, dataset: str, num_seeds: int) -> str:
+    """A one-line title for figures."""
+    return (f"{dataset} {cfg.model.model} {cfg.optim.optimizer} lr {cfg.optim.lr} batch "
+            f"{cfg.train.batch_size}, {num_seeds} seeds" + (" (quick)" if cfg.run.quick else ""))
+
+
+def open_run(path, cfg, script: str, *, may_change=(), seeds=()) -> RunDir:
+    """The run directory ``path``, with ``config.json`` written (or checked, on a resume)
+    from the flattened config ``cfg``."""
+    sinks = [TensorBoardSink(f"{path}/tensorboard", seeds)] if cfg.study.run.tensorboard else []
+    run = RunDir(path, sinks)
+    defaults = flatten(type(cfg)())
+    run.write_config(record_config(cfg, script), may_change,
+                     {k: v for k, v in defaults.items() if k not in RUN_ONLY},
+                     migrate=records.migrate_config_v1)
+    return run
+
+
+def record_config(cfg, script: str) -> dict:
+    """The resolved config a run records: every field but the run-only ones, and the
+    script."""
+    flat = {k: v for k, v in flatten(cfg).items() if k not in RUN_ONLY}
+    return jsonable({**flat, "script": script})
+
+
+@dataclasses.dataclass
+class Setup:
+    """The pieces of one study run (see ``setup``)."""
+
+    cfg: object
+    script: str
+    data: StudyData
+    engine: Engine
+    stages: Stages
+    run: RunDir
+    title: str
+    start: float
+
+    @property
+    def seeds(self) -> list[int]:
+        """The run's seeds, one replica each."""
+        return self.stages.seeds
+
+
+def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None,
+          sp_every_step: tuple[float, float] | None = None) -> Setup:
+    """Builds a study run from a script config ``cfg`` (with a ``study: StudyConfig`` field):
+    data, model, optimizer, layout, ``Engine`` (with a training ``objective`` and
+    shrink-perturb after every step, ``(shrink, noise)``, when given), run directory and
+    ``Stages``. Fields named in ``may_change`` may differ when a run resumes."""
+    start = time.perf_counter()
+    s: StudyConfig = cfg.study
+    ds = load_data(s.data)
+    seeds = seeds_of(s.train)
+    model = build_model(s.model, ds.num_classes)
+    parallel = choose_parallel(s.train.parallel, len(seeds),
+                               conv=has_conv(model, ds.image_shape))
+    after_update = (shrink_perturb_every_step(model, ds.image_shape, *sp_every_step)
+                    if sp_every_step else None)
+    engine = Engine(model, make_optimizer(s.optim.optimizer, s.optim.lr,
+                                          weight_decay=s.optim.weight_decay),
+                    batch_size=s.train.batch_size, input_shape=ds.image_shape,
+                    parallel=parallel, objective=objective, after_update=after_update)
+    run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds)
+    data = study_data(s.data, ds, engine.put)
+    stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop, s.model.model),
+                    checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
+    print(f"{ds.name}: {len(data.fit_idx)} fitted / {len(data.val_idx)} validation / "
+          f"{len(ds.x_test)} test; model {s.model.model}; {s.optim.optimizer} lr {s.optim.lr} "
+          f"batch {s.train.batch_size}; seeds {[int(x) for x in seeds]}; devices "
+          f"{jax.device_count()} ({jax.devices()[0].platform}), parallel "
+          f"{parallel.mode if parallel else 'none'}"
+          + (f"; label noise {s.data.label_noise}" if s.data.label_noise else ""))
+    return Setup(cfg, script, data, engine, stages, run, describe(s, ds.name, len(seeds)), start)
+
+
+def draw(plot: Callable | None, record, folder) -> None:
+    """Draws ``plot(record, folder)`` when matplotlib is installed."""
+    if plot is None:
+        return
+    try:
+        print(f"figure {plot(record, folder)}")
+    except ImportError:
+        print("matplotlib is not installed: no figure (pip install 'wsjax[plot]')")
+
+
+def write_run(run: RunDir, *, script: str, kind: str, config: dict, results, title: str,
+              start: float, data_dir: str | None, plot: Callable | None = None,
+              **extra) -> records.Run:
+    """Writes ``results.json`` in ``run`` (a ``records.Run``: results, config, provenance,
+    wall time since ``start``) and draws its figure."""
+    record = records.Run(
+        script=script, kind=kind, config=config, results=results, title=title,
+        wall_seconds=time.perf_counter() - start, device=records.device_name(),
+        provenance=records.provenance(data_dir), extra=extra)
+    path = records.save(record, run.results_path)
+    run.metrics.close()
+    print(f"wall time {record.wall_seconds:.1f} s; results in {path}")
+    draw(plot, record, run.path)
+    return record
+
+
+def finish(run: Setup, kind: str, results, plot: Callable | None = None,
+           **extra) -> records.Run:
+    """Ends a study run: its record (``write_run``) with the run's config and title."""
+    return write_run(run.run, script=run.script, kind=kind,
+                     config=record_config(run.cfg, run.script), results=results,
+                     title=run.title, start=run.start,
+                     data_dir=data_dir_of(run.cfg.study.data), plot=plot, **extra)
+
+
+def run_cells(cells: Mapping[str, object], run_one: Callable, *, script: str, out: str,
+              plot: Callable | None = None) -> records.Cells:
+    """Runs ``run_one(cfg, script=script)`` for each cell config (each in its own folder
+    ``<out>/<name>``, resumable on its own) and writes the summary to ``<out>/results.json``."""
+    runs = {name: run_one(cfg, script=script) for name, cfg in cells.items()}
+    first = next(iter(runs.values()))
+    summary = records.Cells(script=script, title=first.title, cells=runs,
+                            wall_seconds=sum(r.wall_seconds for r in runs.values()),
+                            device=first.device, provenance=first.provenance)
+    run = RunDir(out)
+    records.save(summary, run.results_path)
+    draw(plot, summary, run.path)
+    return summary
+
+
+def main_guard(main: Callable) -> None:
+    """Runs a script's ``main``, turning bad-input errors into a one-line exit message."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,207 @@
+"""The study's protocols: how rounds of training follow each other.
+
+- ``run_two_phase`` (Table 1 and most figures): ``random_init`` trains on all of the fitted
+  split; ``round1`` trains on its first fraction; each ``Arm`` starts round 2 on all of it
+  from round 1's weights (``warm_round``: ``warmstart.apply_arm``, then training). It runs on
+  any trainer with the methods below, so the study's ``Stages`` and the fast trainer's
+  warm-start experiment share it.
+- ``run_online`` (Fig 2, 7 and active learning): data arrive in chunks and every arm retrains
+  after each chunk, from its own previous model.
+
+A *trainer* has ``fresh(stage) -> variables`` (a new initialization), ``arm_inputs(arm,
+stage, idx) -> dict`` (what ``apply_arm`` needs beside the weights) and ``train(stage,
+variables, idx, opt_state=None, **options)``, which returns an object with ``states`` (the
+trained ``TrainState``, replicas stacked or one) and ``result``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax import data as wdata
+from wsjax.objectives import entropy
+from wsjax.study.records import OnlineRound, StageResult, from_plain, to_json
+from wsjax.study.runlog import write_json
+from wsjax.warmstart import Arm, apply_arm
+
+RANDOM = "random_init"
+SELECTORS = ("order", "margin", "entropy")
+
+
+def warm_round(trainer, arm: Arm, stage: str, source, idx, **options):
+    """Trains ``stage`` on ``idx`` from ``source`` (trained states) transformed by ``arm``."""
+    params, batch_stats, opt_state = apply_arm(arm, source.params, source.batch_stats,
+                                               source.opt_state,
+                                               **trainer.arm_inputs(arm, stage, idx))
+    return trainer.train(stage, {"params": params, "batch_stats": batch_stats}, idx,
+                         opt_state=opt_state, **options)
+
+
+@dataclasses.dataclass
+class TwoPhase:
+    """What ``run_two_phase`` trained: ``round1`` and the final round of every arm
+    (``random_init`` first when it ran), as the trainer returned them."""
+
+    round1: Any
+    final: dict[str, Any]
+    arms: dict[str, Arm]
+
+
+def run_two_phase(trainer, *, fit_idx, first_fraction: float = 0.5, arms: Sequence[Arm],
+                  include_random: bool = True, round1_options: dict | None = None,
+                  **options) -> TwoPhase:
+    """The two-phase protocol (see the module docstring). ``options`` go to the trainer's
+    ``train`` of every stage (e.g. ``watch``), ``round1_options`` (default ``options``) to
+    round 1's. Stages are named ``random_init``, ``round1`` and ``round2_<arm>``."""
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names) or RANDOM in names:
+        raise ValueError(f"arm names must be unique and not {RANDOM!r}; got {names}")
+    first = wdata.first_fraction(fit_idx, first_fraction)
+    final = {}
+    if include_random:
+        final[RANDOM] = trainer.train(RANDOM, trainer.fresh(RANDOM), fit_idx, **options)
+    round1 = trainer.train("round1", trainer.fresh("round1"), first,
+                           **(options if round1_options is None else round1_options))
+    for arm in arms:
+        final[arm.name] = warm_round(trainer, arm, f"round2_{arm.name}", round1.states, fit_idx,
+                                     **options)
+    return TwoPhase(round1, final, {a.name: a for a in arms})
+
+
+def two_phase_results(outcome: TwoPhase) -> dict[str, StageResult]:
+    """The study's results of a two-phase run: each final round's ``StageResult``; warm arms
+    also get their ``Arm``, round 1's rows (and history when watched), and rows counting both
+    rounds (``total_epochs``, ``total_seconds``)."""
+    round1 = outcome.round1.result
+    results = {}
+    for name, trained in outcome.final.items():
+        result = trained.result
+        if name in outcome.arms:
+            result.arm, result.round1 = outcome.arms[name], round1.seeds
+            for row, r1 in zip(result.seeds, round1.seeds):
+                row.total_epochs = row.epochs + r1.epochs
+                row.total_seconds = row.seconds + r1.seconds
+            result.round1_history = round1.history
+        results[name] = result
+    return results
+
+
+# --- online --------------------------------------------------------------------------------
+
+
+def acquisition_scores(probs, select: str) -> np.ndarray:
+    """Higher = more wanted. ``probs`` is (R, N, C); the seeds' softmax is averaged."""
+    p = np.asarray(probs).mean(axis=0)
+    if select == "margin":
+        top2 = np.sort(p, axis=-1)[:, -2:]
+        return -(top2[:, 1] - top2[:, 0])
+    if select == "entropy":
+        return np.asarray(entropy(jnp.log(jnp.clip(jnp.asarray(p), 1e-12))))
+    raise ValueError(f"select={select!r} has no scores; choose from {SELECTORS}")
+
+
+def _online_stage(arm: str, r: int) -> str:
+    return "round000" if r == 0 else f"{arm}_r{r:03d}"
+
+
+def _open_book(path, names: list[str], pool_idx, chunk: int, select: str) -> dict:
+    """The online run's bookkeeping: finished rounds per arm and, under active selection,
+    each arm's order of arrival so far (the first chunk to begin with)."""
+    book = json.loads(path.read_text()) if path.exists() else {"rounds": {a: [] for a in names}}
+    if select == "order":
+        book.pop("order", None)  # the pool's own order: nothing to record
+    else:
+        book.setdefault("order", {a: pool_idx[:chunk].tolist() for a in names})
+    return book
+
+
+def _choose_next(stages, states, order: list, pool_idx, size: int, select: str) -> None:
+    """Extends ``order`` to ``size`` with the examples of the pool that ``states`` (the arm's
+    previous model) wants most."""
+    rest = pool_idx[~np.isin(pool_idx, order)]
+    scores = acquisition_scores(stages.engine.predict(states, stages.data.x, rest), select)
+    order.extend(rest[np.argsort(-scores, kind="stable")[: size - len(order)]].tolist())
+
+
+def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str = "order",
+               num_rounds: int | None = None, include_random: bool = True
+               ) -> dict[str, list[OnlineRound]]:
+    """The online protocol: data arrive ``chunk`` examples at a time from ``pool_idx``.
+
+    Round 0 trains a fresh model on the first chunk (shared by all arms). In round r >= 1 the
+    training set grows by one chunk and each arm starts from its own round r-1 model: the
+    ``random_init`` arm ignores it (a fresh init every round), a warm ``Arm`` transforms it.
+    ``select`` decides which examples arrive next: ``'order'`` (the pool's order, the paper's
+    setting), or ``'margin'`` / ``'entropy'`` (active learning: each arm's own previous model
+    scores the remaining pool, softmax averaged over the seeds, and the chunk with the
+    smallest top-2 margin / largest entropy is added; seeds of an arm share its selection).
+
+    ``stages`` is a ``wsjax.study.stages.Stages``. Resumable: ``online.json`` in the run
+    directory records each arm's selected order and finished rounds; only the latest finished
+    round of each arm keeps its checkpoint.
+    """
+    if select not in SELECTORS:
+        raise ValueError(f"select={select!r} is unknown; choose from {SELECTORS}")
+    if chunk < 1 or chunk > len(pool_idx):
+        raise ValueError(f"chunk={chunk} must be in [1, {len(pool_idx)}] (the pool size)")
+    pool_idx = np.asarray(pool_idx, np.int32)
+    total = -(-len(pool_idx) // chunk)
+    num_rounds = total if num_rounds is None else min(num_rounds, total)
+    names = ([RANDOM] if include_random else []) + [a.name for a in arms]
+    by_name = {a.name: a for a in arms}
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique (and not {RANDOM!r}); got {names}")
+    book_path = stages.run.path / "online.json"
+    book = _open_book(book_path, names, pool_idx, chunk, select)
+    states = {}
+
+    def order_of(a):
+        return pool_idx if select == "order" else book["order"][a]
+
+    def size(r):
+        return min((r + 1) * chunk, len(pool_idx))
+
+    def state_after(a, r):
+        """Arm ``a``'s model after round ``r``, trained earlier (restored from disk)."""
+        if (a, r) not in states:
+            stage = _online_stage(a, r)
+            idx = np.asarray(order_of(a)[: size(r)])
+            states[(a, r)] = stages.train(stage, stages.fresh(stage), idx).states
+        return states[(a, r)]
+
+    for r in range(num_rounds):
+        for a in names:
+            if len(book["rounds"][a]) > r:
+                continue
+            order = order_of(a)
+            if select != "order" and len(order) < size(r):
+                # This arm's round r-1 model picks the chunk that arrives now.
+                _choose_next(stages, state_after(a, r - 1), order, pool_idx, size(r), select)
+            idx = np.asarray(order[: size(r)])
+            stage = _online_stage(a, r)
+            if r == 0 or a == RANDOM:
+                trained = stages.train(stage, stages.fresh(stage), idx)
+            else:
+                trained = warm_round(stages, by_name[a], stage, state_after(a, r - 1), idx)
+            states[(a, r)] = trained.states
+            rows = trained.result.seeds
+            book["rounds"][a].append(to_json(OnlineRound(r, len(idx), rows)))
+            write_json(book_path, book)
+            stages.progress.note(f"round {r:3d} n={len(idx):6d} {a:>16}: val acc "
+                                 f"{np.mean([s.val_acc for s in rows]) * 100:.2f}%  "
+                                 f"{np.mean([s.seconds for s in rows]):.1f}s")
+        if r >= 1:
+            # Resuming needs only the latest round of each arm.
+            for a in names:
+                states.pop((a, r - 1), None)
+                if r - 1 > 0:
+                    stages.drop(_online_stage(a, r - 1))
+            if r == 1:
+                stages.drop(_online_stage(names[0], 0))
+    return {a: from_plain(list[OnlineRound], book["rounds"][a][:num_rounds]) for a in names}

@@ -1,0 +1,408 @@
+"""The results schema: typed records of what a run produced, with JSON in and out.
+
+Every experiment writes its ``results.json`` through ``save`` and every reader (figures, the
+claims table, notebooks) goes through ``load``, so the schema is written down once, here:
+
+- ``SeedRow``: one seed (replica) of one stage: epochs, seconds, stop reason, accuracies.
+- ``StageResult``: one arm or stage over its seeds, with the round-1 rows of a warm start, the
+  per-epoch ``history`` and the measurements on the starting weights when they were watched.
+- ``OnlineRound``, ``ShrinkCurve``, ``TransferResult``, ``TimedSummary``: the results of the
+  online, shrink-only, transfer and fast-trainer experiments.
+- ``Run``: one run of a script: its ``kind`` says which of the above ``results`` holds
+  (``KINDS``); ``config`` is the resolved flat config; ``provenance`` says how it was made.
+- ``Cells``: a sweep of runs (one per cell); ``Table1``: the Table 1 summary.
+
+``SCHEMA_VERSION`` 2; files without a version (version 1, before the records existed) are
+migrated when loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import jax
+
+from wsjax.study.runlog import write_json
+from wsjax.warmstart import Arm
+
+SCHEMA_VERSION = 2
+
+
+@dataclasses.dataclass
+class SeedRow:
+    """One seed of one stage. Accuracies are fractions; ``total_*`` count both rounds of a
+    warm start."""
+
+    seed: int
+    epochs: int
+    seconds: float
+    stop_reason: str | None
+    train_acc: float
+    val_acc: float | None = None
+    val_loss: float | None = None
+    test_acc: float | None = None
+    test_loss: float | None = None
+    total_epochs: int | None = None
+    total_seconds: float | None = None
+
+
+@dataclasses.dataclass
+class StageResult:
+    """One arm (or stage) over its seeds.
+
+    ``arm``: how it started from round 1 (warm arms). ``round1``: round 1's rows (warm arms of
+    the two-phase protocol). ``history``: per-epoch records of the final round (``train_acc``,
+    ``train_loss``, ``seconds`` and every watched value, each a list over seeds);
+    ``round1_history`` the same of round 1; ``start``: the watched values on the starting
+    weights. ``round1_epoch``: the round-1 epoch a warm start came from (Fig 4).
+    """
+
+    seeds: list[SeedRow]
+    arm: Arm | None = None
+    round1: list[SeedRow] | None = None
+    history: list[dict] | None = None
+    round1_history: list[dict] | None = None
+    start: dict[str, list[float]] | None = None
+    round1_epoch: int | None = None
+
+
+@dataclasses.dataclass
+class OnlineRound:
+    """One round of the online protocol: ``n`` training examples."""
+
+    round: int
+    n: int
+    seeds: list[SeedRow]
+
+
+@dataclasses.dataclass
+class ShrinkCurve:
+    """A trained model's validation accuracy after shrinking: ``val_acc[i][r]`` is seed r's
+    accuracy at ``shrinks[i]``; ``seeds`` are the rows of the training itself."""
+
+    seeds: list[SeedRow]
+    shrinks: list[float]
+    val_acc: list[list[float]]
+
+
+@dataclasses.dataclass
+class TransferFraction:
+    """One fraction of the target data: ``n`` examples, the rows of each arm."""
+
+    n: int
+    arms: dict[str, list[SeedRow]]
+
+
+@dataclasses.dataclass
+class TransferResult:
+    """Source dataset and its model's rows; target results per fraction (key: ``'0.1'``)."""
+
+    source: str
+    source_seeds: list[SeedRow]
+    new_head: bool
+    fractions: dict[str, TransferFraction]
+
+
+@dataclasses.dataclass
+class TimedRow:
+    """One timed run of the fast trainer: test accuracy (fraction) and seconds."""
+
+    seed: int
+    acc: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class TimedSummary:
+    """Timed runs: accuracy in percent (mean, std, SE) and the median seconds."""
+
+    runs: int
+    acc_mean: float
+    acc_std: float
+    acc_se: float
+    seconds_median: float
+    rows: list[TimedRow]
+
+
+@dataclasses.dataclass
+class Provenance:
+    """How a run was made: package versions, the git commit of the code (None outside a
+    checkout), the date (UTC, ISO 8601), the devices, the resolved data directory and the
+    command line."""
+
+    versions: dict[str, str]
+    git_commit: str | None
+    date: str
+    device: str
+    data_dir: str | None
+    command: list[str]
+
+
+# What ``Run.results`` holds, by ``Run.kind``.
+KINDS = {
+    "two_phase": dict[str, StageResult],
+    "online": dict[str, list[OnlineRound]],
+    "shrink_only": dict[str, ShrinkCurve],
+    "transfer": TransferResult,
+    "speedrun": dict[str, TimedSummary],
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a script (``script`` is its command name, e.g. ``'warm_start'``)."""
+
+    script: str
+    kind: str
+    config: dict
+    results: Any
+    title: str = ""
+    wall_seconds: float = 0.0
+    device: str = ""
+    provenance: Provenance | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Run kind={self.kind!r} is unknown; kinds are {sorted(KINDS)}")
+
+
+@dataclasses.dataclass
+class Cells:
+    """A sweep: one ``Run`` per cell, each in its own folder ``<run>/<cell>``."""
+
+    script: str
+    title: str
+    cells: dict[str, Run]
+    wall_seconds: float
+    device: str
+    provenance: Provenance | None = None
+    kind: str = "cells"
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclasses.dataclass
+class ArmSummary:
+    """An arm of a Table 1 cell: ``[mean, SE]`` of val and test accuracy (%) and seconds."""
+
+    val_acc: list[float]
+    test_acc: list[float]
+    seconds: list[float]
+    n: int
+
+
+@dataclasses.dataclass
+class Table1Row:
+    """A Table 1 cell beside the paper's ``[random, warm]`` validation accuracy (%)."""
+
+    dataset: str
+    model: str
+    optimizer: str
+    paper: list[float] | None
+    random_init: ArmSummary
+    warm_start: ArmSummary
+    gap: list[float]
+
+
+@dataclasses.dataclass
+class Table1:
+    """The Table 1 summary of one dataset (its cells are runs in sub-folders)."""
+
+    script: str
+    rows: list[Table1Row]
+    table: str
+    kind: str = "table1"
+    schema_version: int = SCHEMA_VERSION
+
+
+Record = Union[Run, Cells, Table1]
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+
+def to_json(record) -> dict:
+    """A record as plain JSON data (fields that are None by default and None are left out)."""
+    if dataclasses.is_dataclass(record):
+        out = {}
+        for f in dataclasses.fields(record):
+            v = getattr(record, f.name)
+            if v is None and f.default is None:
+                continue
+            out[f.name] = to_json(v)
+        return out
+    if isinstance(record, dict):
+        return {str(k): to_json(v) for k, v in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [to_json(v) for v in record]
+    return record
+
+
+def _decode(tp, data, where: str):
+    """``data`` (plain JSON) as type ``tp``, checked; ``where`` names it in errors."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if data is None else _decode(args[0], data, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(data, list):
+            raise ValueError(f"{where} must be a list, not {type(data).__name__}")
+        return [_decode(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be an object, not {type(data).__name__}")
+        return {k: _decode(item, v, f"{where}.{k}") for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be an object ({tp.__name__})")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{where}: {tp.__name__} has no field {sorted(unknown)}")
+        kwargs = {}
+        for name in names & set(data):
+            field_tp = hints[name]
+            if tp is Run and name == "results":
+                field_tp = KINDS.get(data.get("kind"), Any)
+            kwargs[name] = _decode(field_tp, data[name], f"{where}.{name}")
+        try:
+            return tp(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{where}: {e}") from None
+    if tp is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    return data
+
+
+def from_plain(tp, data, where: str = "data"):
+    """Plain JSON ``data`` as the record type ``tp`` (e.g. ``list[OnlineRound]``), checked."""
+    return _decode(tp, data, where)
+
+
+def from_json(data: dict, where: str = "record") -> Record:
+    """A record from plain JSON data (version 1 data is migrated first)."""
+    if "schema_version" not in data:
+        data = migrate_v1(data)
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"{where} has schema version {data['schema_version']}; this wsjax "
+                         f"reads version {SCHEMA_VERSION}: upgrade wsjax")
+    kind = data.get("kind")
+    tp = {"cells": Cells, "table1": Table1}.get(kind, Run)
+    return _decode(tp, data, where)
+
+
+def load(path: str | os.PathLike) -> Record:
+    """The record in ``path`` (a ``results.json``, or the run folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    return from_json(json.loads(path.read_text()), str(path))
+
+
+def save(record: Record, path: str | os.PathLike) -> Path:
+    """Writes ``record`` to ``path`` (a file, or a folder for its ``results.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    return write_json(path, to_json(record))
+
+
+# --- provenance ----------------------------------------------------------------------------
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The commit checked out where wsjax's code lies (``+`` marks uncommitted changes), or
+    None when it does not lie in a git checkout."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def device_name() -> str:
+    """``'<count> x <device kind>'`` of the devices JAX uses."""
+    return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+
+
+def provenance(data_dir: str | os.PathLike | None) -> Provenance:
+    """The provenance of a run made now by this process; ``data_dir`` is the resolved data
+    directory (None for data that needs none)."""
+    from wsjax.runtime import versions
+
+    return Provenance(
+        versions=versions(), git_commit=git_commit(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=device_name(), data_dir=None if data_dir is None else str(data_dir),
+        command=list(sys.argv))
+
+
+# --- version 1 -----------------------------------------------------------------------------
+
+
+def _arm_v1(arm: dict) -> dict:
+    return {"name": arm["name"], "shrink": arm["shrink"], "noise_scale": arm["perturb"],
+            "noise_kind": arm["noise"], "bn": arm["bn"]}
+
+
+def _results_v1(kind: str, results: dict, record: dict):
+    if kind == "two_phase":
+        return {name: {**r, **({"arm": _arm_v1(r["arm"])} if "arm" in r else {})}
+                for name, r in results.items()}
+    if kind == "transfer":
+        return {"source": record["source"], "source_seeds": results["source"]["seeds"],
+                "new_head": record["new_head"], "fractions": results["fractions"]}
+    return results
+
+
+def migrate_config_v1(config: dict) -> dict:
+    """A version-1 config (before the records) as version 2 writes it: the script by its
+    command name, widths as a list."""
+    config = dict(config)
+    if isinstance(config.get("script"), str):
+        config["script"] = config["script"].removeprefix("experiments.")
+    if isinstance(config.get("widths"), str):
+        config["widths"] = [int(w) for w in config["widths"].split(",")]
+    return config
+
+
+def migrate_v1(data: dict) -> dict:
+    """Version-1 data (``results.json`` as written before the records) in version 2."""
+    script = str(data.get("script", "")).removeprefix("experiments.").split(" ")[0]
+    if "rows" in data and "table" in data:
+        return {"script": script, "kind": "table1", "rows": data["rows"],
+                "table": data["table"], "schema_version": SCHEMA_VERSION}
+    if "cells" in data:
+        cells = {name: migrate_v1({"script": data["script"], "title": data.get("title", ""),
+                                   "device": data.get("device", ""), **cell})
+                 for name, cell in data["cells"].items()}
+        return {"script": script, "kind": "cells", "title": data.get("title", ""),
+                "cells": cells, "wall_seconds": data["wall_seconds"],
+                "device": data.get("device", ""), "schema_version": SCHEMA_VERSION}
+    kind = {"online": "online", "shrink_only": "shrink_only", "transfer": "transfer"}.get(
+        script, "two_phase")
+    if script == "speedrun":
+        raise ValueError("version-1 fast-trainer results are not migrated: run it again")
+    return {"script": script, "kind": kind, "config": migrate_config_v1(data.get("config", {})),
+            "results": _results_v1(kind, data["results"], data),
+            "title": data.get("title", ""), "wall_seconds": data.get("wall_seconds", 0.0),
+            "device": data.get("device", ""), "schema_version": SCHEMA_VERSION}

@@ -1,0 +1,200 @@
+"""Stages of the study: named, checkpointed, resumable trainings of every seed at once.
+
+A *stage* is one ``Engine.fit`` of all seeds (replicas) on one training set, e.g. "round 1 on
+50%" or "warm start, round 2 on 100%". ``Stages`` runs stages under a run directory: each stage
+checkpoints every ``checkpoint_every`` epochs and at its end, and a stage found finished on
+disk is restored instead of retrained, so a killed run started again with the same arguments
+picks up where it stopped and ends with the same numbers. After training, a stage is
+evaluated on the study's evaluation sets (``SeedRow`` per seed).
+
+Randomness: every stage draws its keys from the seeds' keys, the stage's name and a named use
+(``KeyUse``), so a stage's numbers do not depend on which other stages ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import shutil
+import zlib
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from wsjax.checkpoint import Checkpointer
+from wsjax.engine import Engine
+from wsjax.study.records import SeedRow, StageResult
+from wsjax.study.runlog import Progress, RunDir
+from wsjax.train import FitProgress, StopRule, TrainState, replica_keys
+from wsjax.warmstart import Arm
+
+
+class KeyUse(enum.IntEnum):
+    """What a stage's key is for (the value is folded into the key)."""
+
+    INIT = 0      # the stage's fresh initialization
+    TRAIN = 1     # data order, augmentation and per-step noise of training
+    PERTURB = 2   # the noise an arm adds to the previous round's weights
+    TARGET = 3    # the initialization a transferred model is merged into (new head)
+
+
+def _fold_in(keys, data: int):
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def _name_hash(name: str) -> int:
+    # crc32, not hash(): stable across processes, so a resumed run draws the same keys.
+    return zlib.crc32(name.encode())
+
+
+def stage_keys(keys, stage: str, use: KeyUse):
+    """Per-replica keys for one ``use`` in ``stage``, from the replicas' ``keys``."""
+    return _fold_in(_fold_in(keys, _name_hash(stage)), int(use))
+
+
+def sample_key(name: str):
+    """One key shared by every replica, for a data sample named ``name`` (e.g. the batches
+    BatchNorm statistics are recomputed on)."""
+    return jax.random.fold_in(jax.random.key(0), _name_hash(name))
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyData:
+    """The study's data on the devices: ``x`` (all training images, uint8) and ``y`` (the
+    labels trained on: noisy under label noise), the fitted split ``fit_idx`` (in a seeded
+    random order, so its first fraction is a random subset) and the validation split
+    ``val_idx``, and ``eval_sets``: ``{name: (x, y, idx)}`` with clean labels."""
+
+    name: str
+    x: jax.Array
+    y: jax.Array
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    eval_sets: dict
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's (H, W, C)."""
+        return tuple(self.x.shape[1:])
+
+
+@dataclasses.dataclass
+class Trained:
+    """A finished stage: the trained ``states`` (replicas stacked), its ``progress`` and its
+    ``result`` (a row per seed, with the history when the stage was watched)."""
+
+    states: TrainState
+    progress: FitProgress
+    result: StageResult
+
+
+def _lists(tree) -> dict:
+    return jax.tree.map(lambda v: np.asarray(v).tolist(), tree)
+
+
+class Stages:
+    """Runs named stages of ``engine`` for ``seeds`` on ``data`` in the run directory ``run``.
+
+    ``stop`` is the stop rule of every stage; ``capacity`` the size of the largest training
+    set (default: the fitted split), so every stage reuses one compiled epoch.
+    """
+
+    def __init__(self, engine: Engine, run: RunDir, data: StudyData, *, seeds, stop: StopRule,
+                 checkpoint_every: int = 1, progress: Progress | None = None,
+                 capacity: int | None = None):
+        self.engine, self.run, self.data = engine, run, data
+        self.seeds = [int(s) for s in seeds]
+        self.keys = replica_keys(self.seeds)
+        self.stop, self.checkpoint_every = stop, checkpoint_every
+        self.progress = progress or Progress()
+        self.capacity = capacity or len(data.fit_idx)
+
+    def stage_keys(self, stage: str, use: KeyUse):
+        """Per-replica keys of ``stage`` for ``use``."""
+        return stage_keys(self.keys, stage, use)
+
+    def fresh(self, stage: str, use: KeyUse = KeyUse.INIT) -> dict:
+        """Fresh initializations (one per replica) drawn from the stage's keys."""
+        return self.engine.init(self.stage_keys(stage, use))
+
+    def arm_inputs(self, arm: Arm, stage: str, idx) -> dict:
+        """What ``warmstart.apply_arm`` needs for ``arm`` at the start of ``stage`` on the
+        training set ``idx``: a fresh init or per-replica keys for the noise, and a pass over
+        ``x[idx]`` to recompute BatchNorm statistics."""
+        inputs = {}
+        if arm.noise_kind == "init":
+            inputs["fresh"] = self.fresh(stage, KeyUse.PERTURB)["params"]
+        else:
+            inputs["key"] = self.stage_keys(stage, KeyUse.PERTURB)
+        if arm.bn == "recompute":
+            inputs["recompute"] = lambda params, stats: self.engine.recompute_batch_stats(
+                params, stats, self.data.x, idx, sample_key(stage))
+        return inputs
+
+    def checkpointer(self, stage: str) -> Checkpointer:
+        """The checkpoints of one stage (the latest two are kept)."""
+        return Checkpointer(self.run.checkpoints / stage, max_to_keep=2)
+
+    def drop(self, stage: str) -> None:
+        """Deletes a stage's checkpoints (runs with many rounds keep only what resuming needs)."""
+        shutil.rmtree(self.run.checkpoints / stage, ignore_errors=True)
+
+    def rows(self, states: TrainState, progress: FitProgress) -> list[SeedRow]:
+        """One row per seed: epochs, seconds, stop reason, final running train accuracy and
+        accuracy and loss on every evaluation set."""
+        evals = {k: self.engine.evaluate(states, *v) for k, v in self.data.eval_sets.items()}
+        rows = []
+        for r, seed in enumerate(self.seeds):
+            scores = {f"{k}_{m}": float(v[m][r]) for k, v in evals.items() for m in ("acc", "loss")}
+            rows.append(SeedRow(seed=seed, epochs=progress.epochs[r],
+                                seconds=progress.seconds[r], stop_reason=progress.stop_reason[r],
+                                train_acc=progress.history[progress.epochs[r] - 1]["train_acc"][r],
+                                **scores))
+        return rows
+
+    def train(self, stage: str, variables: dict, idx, *, opt_state=None,
+              watch: Callable[[TrainState], dict] | None = None,
+              on_epoch: Callable[[TrainState, FitProgress], None] | None = None) -> Trained:
+        """Trains from ``variables`` (and ``opt_state``, default a new one) on ``x[idx]`` until
+        the stop rule, resuming from disk, then evaluates.
+
+        ``watch(states) -> {name: per-replica values}`` runs after every epoch; its values are
+        stored in that epoch's history record (so they survive a resume), and it also measures
+        the starting weights (``result.start``). ``on_epoch`` is called after the epoch is
+        recorded (and checkpointed).
+        """
+        states = self.engine.new_state(variables, opt_state)
+        # Measured on the (deterministic) starting weights every time, so a resumed run has
+        # it too; before training, which donates the states' buffers.
+        start = _lists(watch(states)) if watch is not None else None
+        ckpt, progress = self.checkpointer(stage), None
+        if ckpt.latest_step() is not None:
+            states, meta = ckpt.restore(states)
+            progress = FitProgress.from_dict(meta["progress"])
+            self.progress.note(f"[{stage}] resumed at epoch {progress.epoch}"
+                               + (" (finished)" if progress.finished else ""))
+
+        def record(states, progress):
+            h = progress.history[-1]
+            if watch is not None:
+                h.update(_lists(watch(states)))
+            self.progress.epoch(stage, progress.epoch, h["train_acc"], progress.active,
+                                h["seconds"])
+            self.run.metrics.write(stage=stage, epoch=progress.epoch, **h,
+                                   active=progress.active)
+            if progress.finished or progress.epoch % self.checkpoint_every == 0:
+                ckpt.save(progress.epoch, states, {"progress": progress.to_dict()})
+            if on_epoch is not None:
+                on_epoch(states, progress)
+
+        if progress is None or not progress.finished:
+            states, progress = self.engine.fit(
+                states, self.stage_keys(stage, KeyUse.TRAIN), self.data.x, self.data.y, idx,
+                self.stop, capacity=self.capacity, progress=progress, on_epoch=record)
+        ckpt.close()
+        result = StageResult(seeds=self.rows(states, progress))
+        if watch is not None:
+            result.history, result.start = progress.history, start
+        return Trained(states, progress, result)
