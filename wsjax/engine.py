@@ -42,13 +42,9 @@ from wsjax.data import padded_batches
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
-from wsjax.train import (FitProgress, StopRule, TrainState, make_train_step, metric_sums,
-                         pad_indices, resolve_loop, summarize)
+from wsjax.train import (FitProgress, StopRule, TrainState, fold_in_replicas, make_train_step,
+                         metric_sums, pad_indices, resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
-
-
-def _fold_in(keys, data: int):
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
 
 
 class Engine:
@@ -149,7 +145,7 @@ class Engine:
         idx_dev = self.put(jnp.asarray(padded))
         states = self.place(states)  # states made on one device (e.g. restored) join the mesh
         while not progress.finished:
-            epoch_keys = self.place(_fold_in(keys, progress.epoch))
+            epoch_keys = self.place(fold_in_replicas(keys, progress.epoch))
             active = self.place(jnp.asarray(progress.active))
             start = time.perf_counter()
             states, sums = self.epoch(states, epoch_keys, active, x, y, idx_dev, n)
@@ -178,9 +174,12 @@ class Engine:
 
     # --- passes over data ------------------------------------------------------------------
 
-    def _images(self, x, ids):
+    def _normalize(self, images):
         mean, std = NORMALIZATIONS[self.normalization]
-        return normalize(x[ids], mean, std)
+        return normalize(images, mean, std)
+
+    def _images(self, x, ids):
+        return self._normalize(x[ids])
 
     def _constrain(self, tree):
         return self.parallel.constrain_batch(tree) if self.parallel is not None else tree
@@ -233,8 +232,7 @@ class Engine:
         model in inference mode): per-replica ``{'acc', 'loss'}`` numpy arrays."""
         def batch_sums(state, ids, mask, x, y):
             batch = self._constrain({"image": x[ids], "label": y[ids], "mask": mask})
-            mean, std = NORMALIZATIONS[self.normalization]
-            logits = self.model.apply(state.variables, normalize(batch["image"], mean, std),
+            logits = self.model.apply(state.variables, self._normalize(batch["image"]),
                                       train=False)
             return metric_sums(logits, batch["label"], batch["mask"])
 

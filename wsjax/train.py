@@ -111,6 +111,11 @@ def replica_keys(seeds) -> jax.Array:
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, dtype=jnp.uint32))
 
 
+def fold_in_replicas(keys, data: int) -> jax.Array:
+    """``jax.random.fold_in(key, data)`` for each replica's key."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
 def pad_indices(idx, capacity: int | None = None) -> tuple[np.ndarray, int]:
     """Pads an index array to ``capacity`` (so training sets of different sizes share one
     compiled epoch) and returns ``(padded, n_valid)``."""

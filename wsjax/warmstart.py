@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wsjax.models import init_variables
 from wsjax.trees import check_mask, check_same_structure
 
 
@@ -125,8 +126,6 @@ def shrink_perturb_every_step(model, input_shape, shrink: float, perturb: float)
     after every optimizer step, the noise a fresh initialization of ``model`` (for inputs of
     ``input_shape``) drawn from the step's key (the paper's appendix; the shrink compounds
     over thousands of steps, so it must be close to 1)."""
-    from wsjax.models import init_variables  # models import nothing from here
-
     check_range("shrink", shrink, 0.0, 1.0)
     check_range("perturb", perturb, 0.0, None)
 

@@ -188,8 +188,9 @@ def study_data(cfg: DataConfig, ds: wdata.Dataset, put: Callable = jax.device_pu
                                                  ds.num_classes, cfg.split_seed)
     x, y = put(ds.x_train), put(labels)
     clean = put(ds.y_train) if cfg.label_noise else y
-    eval_sets = {"val": (x, clean, put(val_idx)),
-                 "test": (put(ds.x_test), put(ds.y_test), put(np.arange(len(ds.x_test))))}
+    # Index arrays stay on the host: the engine cuts them into batches there.
+    eval_sets = {"val": (x, clean, val_idx),
+                 "test": (put(ds.x_test), put(ds.y_test), np.arange(len(ds.x_test)))}
     return StudyData(ds.name, x, y, fit_idx, val_idx, eval_sets, ds.num_classes)
 
 
@@ -226,10 +227,8 @@ def open_run(path, cfg, script: str, *, may_change=(), seeds=()) -> RunDir:
     from the flattened config ``cfg``."""
     sinks = [TensorBoardSink(f"{path}/tensorboard", seeds)] if cfg.study.run.tensorboard else []
     run = RunDir(path, sinks)
-    defaults = flatten(type(cfg)())
     run.write_config(record_config(cfg, script), may_change,
-                     {k: v for k, v in defaults.items() if k not in RUN_ONLY},
-                     migrate=records.migrate_config_v1)
+                     record_config(type(cfg)(), script), migrate=records.migrate_config_v1)
     return run
 
 

@@ -26,7 +26,7 @@ from wsjax.checkpoint import Checkpointer
 from wsjax.engine import Engine
 from wsjax.study.records import SeedRow, StageResult
 from wsjax.study.runlog import Progress, RunDir
-from wsjax.train import FitProgress, StopRule, TrainState, replica_keys
+from wsjax.train import FitProgress, StopRule, TrainState, fold_in_replicas, replica_keys
 from wsjax.warmstart import Arm
 
 
@@ -39,10 +39,6 @@ class KeyUse(enum.IntEnum):
     TARGET = 3    # the initialization a transferred model is merged into (new head)
 
 
-def _fold_in(keys, data: int):
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
-
-
 def _name_hash(name: str) -> int:
     # crc32, not hash(): stable across processes, so a resumed run draws the same keys.
     return zlib.crc32(name.encode())
@@ -50,7 +46,7 @@ def _name_hash(name: str) -> int:
 
 def stage_keys(keys, stage: str, use: KeyUse):
     """Per-replica keys for one ``use`` in ``stage``, from the replicas' ``keys``."""
-    return _fold_in(_fold_in(keys, _name_hash(stage)), int(use))
+    return fold_in_replicas(fold_in_replicas(keys, _name_hash(stage)), int(use))
 
 
 def sample_key(name: str):
