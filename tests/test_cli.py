@@ -80,6 +80,7 @@ def test_a_run_of_an_older_version_resumes_unless_a_flag_changed(tmp_path):
     old = {**new, "script": "experiments.warm_start", "widths": "8,16"}
     del old["opt_state"]
     (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "metrics.jsonl").write_text("")  # the run had started
     defaults = record_config(TwoPhaseConfig(), "warm_start")
     RunDir(tmp_path).write_config(new, defaults=defaults, migrate=migrate_config_v1)
     with pytest.raises(ValueError, match=r"\['lr'\] differ"):

@@ -154,7 +154,7 @@ def test_bad_flags_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bn_stats.main(RESNET + ["--settings", "fast", "--out", str(tmp_path / "b")])
     assert "--settings: 'fast' is not lr:batch" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--seeds=0"):
+    with pytest.raises(ValueError, match="--seeds 0: must be an integer >= 1"):
         warm_start.main(MLP + ["--seeds", "0", "--out", str(tmp_path / "c")])
 
 

@@ -76,6 +76,10 @@ def test_killed_run_resumes_to_the_same_result(uninterrupted, tmp_path):
     expect = _strip_times(json.loads((full / "results.json").read_text()))
     got = _strip_times(json.loads((out / "results.json").read_text()))
     assert got == expect
+    # The epochs retrained after the resume are logged once, as in the uninterrupted run.
+    logged = lambda folder: sorted((r["stage"], r["epoch"]) for r in map(
+        json.loads, (folder / "metrics.jsonl").read_text().splitlines()))
+    assert logged(out) == logged(full)
 
 
 def test_changed_flags_refuse_to_resume(uninterrupted):

@@ -21,8 +21,11 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +57,40 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
 
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if np.ndim(x) != 4:
+                raise ValueError(f"dataset {self.name!r}: x_{split} must be images of shape "
+                                 f"(N, H, W, C); got shape {np.shape(x)}")
+            if np.ndim(y) != 1:
+                raise ValueError(f"dataset {self.name!r}: y_{split} must be one label per "
+                                 f"image, shape (N,); got shape {np.shape(y)} (flatten it with "
+                                 f"y.reshape(-1))")
+            if len(x) != len(y):
+                raise ValueError(f"dataset {self.name!r}: x_{split} has {len(x)} images but "
+                                 f"y_{split} {len(y)} labels")
+        if np.shape(self.x_test)[1:] != np.shape(self.x_train)[1:]:
+            raise ValueError(f"dataset {self.name!r}: test images are {np.shape(self.x_test)[1:]}"
+                             f" but training images {np.shape(self.x_train)[1:]} (H, W, C); "
+                             f"both splits need one image size")
+
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """One image's (H, W, C)."""
         return tuple(self.x_train.shape[1:])
+
+
+def fingerprint(dataset: Dataset) -> dict:
+    """What the data is: its name, the shapes of its arrays and a SHA-256 of their contents
+    (about 0.1 s for CIFAR-10). A run records it and refuses to resume on other data."""
+    digest = hashlib.sha256()
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        array = np.ascontiguousarray(getattr(dataset, key))
+        digest.update(f"{key}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.data)
+    return {"name": dataset.name, "train": list(dataset.x_train.shape),
+            "test": list(dataset.x_test.shape), "sha256": digest.hexdigest()}
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -76,14 +110,22 @@ def _validated(name: str, arrays, num_classes: int, source: str) -> Dataset:
         if x.dtype != np.uint8 or x.ndim != 4:
             raise ValueError(f"{source}: {k} must be uint8 of shape (N, H, W, C); got "
                              f"{x.dtype} {x.shape}")
-    ys = {k: np.asarray(arrays[k]).astype(np.int32) for k in ("y_train", "y_test")}
-    for split in ("train", "test"):
-        if len(xs[f"x_{split}"]) != len(ys[f"y_{split}"]):
-            raise ValueError(f"{source}: x_{split} and y_{split} have different lengths")
+    ys = {}
+    for k in ("y_train", "y_test"):
+        y = np.asarray(arrays[k])
+        if y.ndim == 2 and y.shape[1] == 1:  # Keras stores CIFAR labels as (N, 1)
+            y = y.reshape(-1)
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{source}: {k} must hold integer class labels; got {y.dtype}")
+        ys[k] = y.astype(np.int32)
     top = max(int(ys["y_train"].max(initial=0)), int(ys["y_test"].max(initial=0)))
     if top >= num_classes or min(ys["y_train"].min(initial=0), ys["y_test"].min(initial=0)) < 0:
         raise ValueError(f"{source}: labels must lie in [0, {num_classes}); found up to {top}")
-    return Dataset(name, xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"], num_classes)
+    try:
+        return Dataset(name, xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"],
+                       num_classes)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -101,23 +143,29 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     root = default_data_dir(data_dir)
     path = root / f"{name}.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            return _validated(name, {k: f[k] for k in f.files}, num_classes, str(path))
-    tried = [f"no file {path}"]
+        return _validated(name, read_npz(path), num_classes, str(path))
+    tried = [f"no file {path}" + ("" if root.is_dir() else f" ({root} does not exist)")]
+    # Downloads go to a temporary folder until one succeeds, so a mistyped directory is never
+    # created (the cache file written on success creates it).
+    work = root if root.is_dir() else Path(tempfile.mkdtemp(prefix="wsjax-download-"))
     # The downloading sources, in order: (what the errors call it, loader).
-    sources = [(f"TFDS {tfds_name}", lambda: _load_with_tfds(tfds_name, root / "tfds"))]
+    sources = [(f"TFDS {tfds_name}", lambda: _load_with_tfds(tfds_name, work / "tfds"))]
     if name in ARCHIVES:
-        sources.append((ARCHIVES[name][0], lambda: load_archive(name, root)))
-    for source, load in sources if download else []:
-        try:
-            arrays = load()
-        except Exception as e:  # noqa: BLE001 - every failure is reported with the fix below
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            tried.append(f"{source}: {type(e).__name__}: {first_line}")
-            continue
-        dataset = _validated(name, arrays, num_classes, source)
-        write_cache(dataset, path)
-        return dataset
+        sources.append((ARCHIVES[name][0], lambda: load_archive(name, work)))
+    try:
+        for source, load in sources if download else []:
+            try:
+                arrays = load()
+            except Exception as e:  # noqa: BLE001 - every failure is reported with the fix below
+                first_line = str(e).splitlines()[0] if str(e) else ""
+                tried.append(f"{source}: {type(e).__name__}: {first_line}")
+                continue
+            dataset = _validated(name, arrays, num_classes, source)
+            write_cache(dataset, path)
+            return dataset
+    finally:
+        if work is not root:
+            shutil.rmtree(work, ignore_errors=True)
     raise FileNotFoundError(
         f"could not load dataset {name!r}. Tried: {'; '.join(tried)}. Fix: put {name}.npz "
         f"(x_train, y_train, x_test, y_test; the layout of shared/data/cifar10.npz) in {root}, "
@@ -125,6 +173,19 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         f"internet, `pip install 'wsjax[prepare]'` so TFDS can download and prepare it once "
         f"(CIFAR-10/100 also download without it)."
     )
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file; ``ValueError`` naming the file when it is not a
+    readable archive of plain arrays (truncated, another format, or pickled objects)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a readable .npz archive of arrays ({reason}): it may "
+                         f"be truncated or in another format; delete it or replace it with a "
+                         f"good copy (see wsjax.data)") from None
 
 
 def write_cache(dataset: Dataset, path: str | os.PathLike) -> Path:
@@ -223,11 +284,17 @@ def study_split(num_examples: int, seed: int = 0, fit_fraction: float = 2 / 3):
 
     CIFAR's 50,000 give 33,333 / 16,667.
     """
+    n_fit = study_split_sizes(num_examples, fit_fraction)[0]
+    perm = np.random.default_rng(seed).permutation(num_examples)
+    return np.sort(perm[:n_fit]).astype(np.int32), np.sort(perm[n_fit:]).astype(np.int32)
+
+
+def study_split_sizes(num_examples: int, fit_fraction: float = 2 / 3) -> tuple[int, int]:
+    """``(fitted, validation)`` sizes of ``study_split``."""
     if not 0.0 < fit_fraction < 1.0:
         raise ValueError(f"fit_fraction={fit_fraction} must be strictly between 0 and 1")
-    perm = np.random.default_rng(seed).permutation(num_examples)
     n_fit = int(num_examples * fit_fraction)
-    return np.sort(perm[:n_fit]).astype(np.int32), np.sort(perm[n_fit:]).astype(np.int32)
+    return n_fit, num_examples - n_fit
 
 
 def shuffled(idx: np.ndarray, seed: int) -> np.ndarray:

@@ -42,8 +42,8 @@ from wsjax.data import padded_batches
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
-from wsjax.train import (FitProgress, StopRule, TrainState, fold_in_replicas, make_train_step,
-                         metric_sums, pad_indices, resolve_loop, summarize)
+from wsjax.train import (DivergenceGuard, FitProgress, StopRule, TrainState, fold_in_replicas,
+                         make_train_step, metric_sums, pad_indices, resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
 
 
@@ -55,25 +55,29 @@ class Engine:
     entries of ``wsjax.augment`` applied inside the compiled step (evaluation normalizes only).
     ``input_shape`` is one example's (H, W, C). ``objective`` is the training loss (default
     mean cross-entropy) and ``after_update(params, key) -> params`` runs after every optimizer
-    step (e.g. shrink-perturb at every step). ``replace(**changes)`` gives an engine with other
-    decisions (another batch size for a sweep cell).
+    step (e.g. shrink-perturb at every step). ``guard`` (a ``wsjax.train.DivergenceGuard``;
+    None turns it off) decides when a step has diverged: the step is not applied, and ``fit``
+    stops that replica with stop reason ``'diverged'`` while the others go on.
+    ``replace(**changes)`` gives an engine with other decisions (another batch size for a
+    sweep cell).
     """
 
     def __init__(self, model: nn.Module, tx: optax.GradientTransformation, *,
                  batch_size: int = 128, eval_batch_size: int = 1000,
                  normalization: str = "study", augmentations=(), input_shape=(32, 32, 3),
                  loop: str = "auto", parallel: DataParallel | None = None,
-                 objective: Objective | None = None, after_update: Callable | None = None):
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} "
-                             f"must be positive")
+                 objective: Objective | None = None, after_update: Callable | None = None,
+                 guard: DivergenceGuard | None = DivergenceGuard()):
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not (isinstance(value, (int, np.integer)) and value >= 1):
+                raise ValueError(f"Engine({name}={value!r}): must be a positive integer")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose from "
                              f"{sorted(NORMALIZATIONS)}")
         self._options = dict(batch_size=batch_size, eval_batch_size=eval_batch_size,
                              normalization=normalization, augmentations=tuple(augmentations),
                              input_shape=tuple(input_shape), loop=loop, parallel=parallel,
-                             objective=objective, after_update=after_update)
+                             objective=objective, after_update=after_update, guard=guard)
         self.model, self.tx = model, tx
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalization, self.input_shape = normalization, tuple(input_shape)
@@ -83,7 +87,7 @@ class Engine:
         self.epoch = make_epoch_fn(
             model, tx, batch_size=batch_size, loop=self.loop, parallel=parallel,
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
-            after_update=after_update)
+            after_update=after_update, guard=guard)
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
         self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
         self._passes: dict[str, Callable] = {}  # compiled on first use
@@ -137,7 +141,9 @@ class Engine:
         examples of ``x``/``y`` (device arrays); ``capacity`` pads it (``pad_indices``) so
         training sets of other sizes reuse the compiled epoch. ``on_epoch(states, progress)``
         runs after every epoch. Per-replica ``seconds`` count the wall time of the epochs a
-        replica was active in (replicas share the program, so they share the time).
+        replica was active in (replicas share the program, so they share the time). A replica
+        whose step diverges (the engine's ``guard``) keeps its last finite state and stops with
+        stop reason ``'diverged'`` (``progress.diverged_at`` says when); the others go on.
         """
         num_replicas = len(jax.tree.leaves(states)[0])
         progress = progress or FitProgress.start(num_replicas)
@@ -155,19 +161,26 @@ class Engine:
             record = {"train_acc": [], "train_loss": [], "seconds": seconds}
             for r in range(num_replicas):
                 was_active = progress.active[r]
-                record["train_acc"].append(float(summary["acc"][r]) if was_active
-                                           else last["train_acc"][r])
-                record["train_loss"].append(float(summary["loss"][r]) if was_active
-                                            else last["train_loss"][r])
+                for key, name in (("acc", "train_acc"), ("loss", "train_loss")):
+                    value = float(summary[key][r]) if was_active else None
+                    # A stopped replica, or one that diverged at its epoch's first step,
+                    # repeats its last value (None before it has one): never NaN.
+                    if value is None or not np.isfinite(value):
+                        value = last[name][r] if last is not None else None
+                    record[name].append(value)
                 if was_active:
                     progress.epochs[r] += 1
                     progress.seconds[r] += seconds
             progress.history.append(record)
             for r in range(num_replicas):
-                if progress.active[r]:
-                    reason = stop.reason(progress.train_acc(r))
-                    if reason:
-                        progress.active[r], progress.stop_reason[r] = False, reason
+                if not progress.active[r]:
+                    continue
+                step = int(summary["diverged"][r])
+                reason = "diverged" if step else stop.reason(progress.train_acc(r))
+                if reason:
+                    progress.active[r], progress.stop_reason[r] = False, reason
+                if step:
+                    progress.diverged_at[r] = [progress.epoch, step]
             if on_epoch is not None:
                 on_epoch(states, progress)
         return states, progress
@@ -306,7 +319,8 @@ class Engine:
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
                   loop: str = "device", preprocess: Callable | None = None,
                   parallel: DataParallel | None = None, jit: bool = True,
-                  objective: Objective | None = None, after_update: Callable | None = None):
+                  objective: Objective | None = None, after_update: Callable | None = None,
+                  guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
     ``Engine`` builds it once (``Engine.epoch``).
 
@@ -315,13 +329,16 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     last partial). ``x``/``y`` are the whole uint8 training set and labels on the device;
     ``idx`` is padded to a fixed capacity (``pad_indices``) so a new ``n`` does not recompile.
     A replica whose ``active`` flag is off comes out unchanged. ``metrics`` are per-replica
-    sums over the epoch. ``states`` is donated when jitted.
+    sums over the epoch's applied steps, and ``diverged``: the 1-based step at which ``guard``
+    found a replica's step diverged (0: none); that step and every later one of the epoch are
+    not applied, so the replica keeps its last finite state. ``states`` is donated when
+    jitted.
 
     ``loop='device'`` compiles the whole epoch into one call (a ``lax.fori_loop`` over steps,
     no host round trip); ``'host'`` dispatches one compiled step per batch from Python (still
     no host sync: batches are gathered on the device); both give the same result.
     ``jit=False`` returns the un-jitted device-loop function (for tracing tests).
-    ``preprocess``, ``objective`` and ``after_update`` go to ``make_train_step``.
+    ``preprocess``, ``objective``, ``after_update`` and ``guard`` go to ``make_train_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -331,7 +348,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         raise ValueError("jit=False gives the device loop as one traceable function; the host "
                          "loop is a Python loop over a compiled step: use loop='device'")
     step = make_train_step(model, tx, preprocess, objective=objective,
-                           after_update=after_update)
+                           after_update=after_update, guard=guard)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None
 
@@ -344,7 +361,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                               2.0)
         order = jnp.concatenate([jnp.argsort(sort_keys), jnp.zeros(batch_size, jnp.int32)])
         zeros = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
-        return order, step_key, zeros
+        return order, step_key, {**zeros, "diverged": jnp.zeros((), jnp.int32)}
 
     def train_batch(i, state, totals, order, step_key, active, x, y, idx, n):
         pos = jax.lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
@@ -352,8 +369,13 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         batch = constrain({"image": x[ids], "label": y[ids],
                            "mask": i * batch_size + jnp.arange(batch_size) < n})
         new, sums = step(state, batch, jax.random.fold_in(step_key, i))
-        new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-        return new, jax.tree.map(jnp.add, totals, sums)
+        running = active & (totals["diverged"] == 0)
+        diverged = sums.pop("diverged") > 0
+        keep = running & ~diverged
+        new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+        totals = {**{k: totals[k] + jnp.where(keep, v, 0.0) for k, v in sums.items()},
+                  "diverged": jnp.where(running & diverged, i + 1, totals["diverged"])}
+        return new, totals
 
     def one_replica(state, key, active, x, y, idx, n):
         order, step_key, zeros = prepare(key, idx, n)

@@ -7,10 +7,23 @@ decoupled variant, which the study does not use).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+def _finite_at_least(value, low: float, *, strict: bool = False) -> bool:
+    """Whether ``value`` is a real finite number >= ``low`` (> with ``strict``)."""
+    if isinstance(value, (bool, str)):
+        return False
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and (v > low if strict else v >= low)
 
 
 def kernels_only(params):
@@ -30,10 +43,11 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    if not callable(learning_rate) and not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate={learning_rate!r} must be positive")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay} must be >= 0")
+    if not callable(learning_rate) and not _finite_at_least(learning_rate, 0.0, strict=True):
+        raise ValueError(f"learning_rate={learning_rate!r} must be a positive finite number "
+                         f"(or an optax schedule)")
+    if not _finite_at_least(weight_decay, 0.0):
+        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
     if name == "adam":
         base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
     elif name == "sgd":

@@ -4,8 +4,9 @@
 - ``make_train_step(model, tx, preprocess)`` -> ``step(state, batch, key) -> (state, metrics)``:
   pure, one replica, one batch of uint8 images with a validity mask (the last batch of an epoch
   is partial, as in PyTorch with ``drop_last=False``); metrics are sums, so epochs add up.
-- ``StopRule`` (the study's 99% running-accuracy rule, a plateau fallback, an epoch cap) and
-  ``FitProgress`` (where a run of epochs stands: everything needed to resume it).
+- ``StopRule`` (the study's 99% running-accuracy rule, a plateau fallback, an epoch cap),
+  ``DivergenceGuard`` (when a replica's training has blown up) and ``FitProgress`` (where a
+  run of epochs stands: everything needed to resume it).
 - ``replica_keys``, ``pad_indices`` and the loop choice (``default_loop``) for many seeds at
   once.
 
@@ -16,6 +17,7 @@ pass over data.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,9 +63,46 @@ def metric_sums(logits, labels, mask):
             "count": jnp.sum(mask)}
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a scalar bool)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergenceGuard:
+    """When one training step counts as diverged.
+
+    A step diverges when its cross-entropy or the parameters it produced are not finite, or
+    when its mean cross-entropy exceeds ``loss_factor * ln(C)`` for C classes (``ln C`` is the
+    loss of a uniform guess, 2.30 for 10 classes; the default factor 100 puts the limit at 230,
+    above any loss of a network that is still training and below the 1e13 of Adam at lr 1e3).
+    ``loss_factor=None`` checks finiteness only. The engine does not apply a diverged step:
+    the replica keeps its last finite state and stops with stop reason ``'diverged'``.
+    """
+
+    loss_factor: float | None = 100.0
+
+    def __post_init__(self):
+        f = self.loss_factor
+        if f is not None and not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
+            raise ValueError(f"DivergenceGuard(loss_factor={f!r}): must be a positive finite "
+                             f"number, or None to check finiteness only")
+
+    def diverged(self, loss_sum, count, num_classes: int, params) -> jax.Array:
+        """Whether a step with summed cross-entropy ``loss_sum`` over ``count`` examples and
+        updated ``params`` diverged (a scalar bool, jit-able)."""
+        bad = ~jnp.isfinite(loss_sum) | ~all_finite(params)
+        if self.loss_factor is not None:
+            limit = self.loss_factor * math.log(max(num_classes, 2))
+            bad = bad | (loss_sum > limit * jnp.maximum(count, 1.0))
+        return bad
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     preprocess: Callable | None = None, *, objective: Objective | None = None,
-                    after_update: Callable | None = None):
+                    after_update: Callable | None = None,
+                    guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns the pure ``step(state, batch, key) -> (state, metrics)`` for one replica.
 
     ``batch`` has ``image`` (uint8 NHWC), ``label`` (int) and ``mask`` (bool: which rows are
@@ -72,7 +111,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     the study's [-1, 1]). ``after_update(params, key) -> params``, when given, transforms the
     parameters after every optimizer step (e.g. shrink-perturb at every step).
     ``metrics`` holds sums (``loss_sum`` of the cross-entropy, ``correct``, ``count``) so
-    epochs add up exactly.
+    epochs add up exactly, and ``diverged`` (1 when ``guard`` finds the step diverged, else 0;
+    always 0 without a guard). The step itself is returned either way: the caller decides
+    whether to keep it (``make_epoch_fn`` does not).
     """
     preprocess = preprocess or make_preprocess()
     objective = objective or Objective()
@@ -100,15 +141,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         if after_update is not None:
             params = after_update(params, after_key)
+        sums = metric_sums(logits, batch["label"], mask)
+        bad = (guard.diverged(sums["loss_sum"], sums["count"], logits.shape[-1], params)
+               if guard is not None else jnp.bool_(False))
         return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                             opt_state=opt_state), metric_sums(logits, batch["label"], mask)
+                             opt_state=opt_state), {**sums, "diverged": bad.astype(jnp.int32)}
 
     return step
 
 
 def replica_keys(seeds) -> jax.Array:
-    """One typed PRNG key per replica seed; replica r's randomness depends on seeds[r] only."""
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, dtype=jnp.uint32))
+    """One typed PRNG key per replica seed; replica r's randomness depends on seeds[r] only.
+    Seeds are integers in [0, 2**32): a negative one would wrap around silently."""
+    values = np.asarray(seeds)
+    if values.dtype.kind not in "iu" or values.ndim != 1 or len(values) == 0 or (
+            values.min() < 0 or values.max() >= 2 ** 32):
+        raise ValueError(f"seeds={seeds!r} must be a non-empty list of integers in [0, 2**32)")
+    return jax.vmap(jax.random.key)(jnp.asarray(values, dtype=jnp.uint32))
 
 
 def fold_in_replicas(keys, data: int) -> jax.Array:
@@ -156,10 +205,27 @@ def resolve_loop(loop: str, model: nn.Module, input_shape) -> str:
 
 
 def summarize(sums) -> dict[str, np.ndarray]:
-    """Per-replica sums -> per-replica ``{'acc', 'loss'}`` numpy arrays (one host transfer)."""
+    """Per-replica sums -> per-replica ``{'acc', 'loss'}`` numpy arrays (one host transfer);
+    NaN for a replica that counted no example. An epoch's sums also give ``diverged``: the
+    1-based step of the epoch at which a replica diverged, 0 when it did not."""
     sums = jax.device_get(sums)
-    count = np.maximum(np.asarray(sums["count"]), 1.0)
-    return {"acc": np.asarray(sums["correct"]) / count, "loss": np.asarray(sums["loss_sum"]) / count}
+    count = np.asarray(sums["count"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"acc": np.where(count > 0, np.asarray(sums["correct"]) / count, np.nan),
+               "loss": np.where(count > 0, np.asarray(sums["loss_sum"]) / count, np.nan)}
+    if "diverged" in sums:
+        out["diverged"] = np.asarray(sums["diverged"])
+    return out
+
+
+def _is_number(x) -> bool:
+    """A finite real number (bools and strings are not)."""
+    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+            and math.isfinite(x))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +233,7 @@ class StopRule:
     """When a replica stops training (the study's rule).
 
     Stops at the first epoch whose *running* train accuracy (accumulated over the epoch's
-    batches as they were trained) reaches ``threshold`` (0.99); or, with ``plateau_window``
+    batches as they were trained) reaches ``threshold`` (0.99; above 1 never); or, with ``plateau_window``
     set, when the standard deviation of the last ``plateau_window`` epochs' train accuracy is
     below ``plateau_std`` (the reproduction's rule for models that cannot reach 99%: 3 epochs,
     0.002); or at ``max_epochs``.
@@ -179,10 +245,18 @@ class StopRule:
     plateau_std: float = 0.002
 
     def __post_init__(self):
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs={self.max_epochs} must be at least 1")
-        if self.plateau_window is not None and self.plateau_window < 2:
-            raise ValueError(f"plateau_window={self.plateau_window} must be >= 2 or None")
+        if not (_is_number(self.threshold) and self.threshold > 0.0):
+            raise ValueError(f"StopRule(threshold={self.threshold!r}): must be a positive "
+                             f"accuracy, e.g. 0.99 (above 1: never)")
+        if not (_is_int(self.max_epochs) and self.max_epochs >= 1):
+            raise ValueError(f"StopRule(max_epochs={self.max_epochs!r}): must be an integer >= 1")
+        if self.plateau_window is not None and not (_is_int(self.plateau_window)
+                                                    and self.plateau_window >= 2):
+            raise ValueError(f"StopRule(plateau_window={self.plateau_window!r}): must be an "
+                             f"integer >= 2, or None for no plateau rule")
+        if not (_is_number(self.plateau_std) and self.plateau_std > 0):
+            raise ValueError(f"StopRule(plateau_std={self.plateau_std!r}): must be a positive "
+                             f"number")
 
     def reason(self, train_acc_history) -> str | None:
         """Why a replica with this history of train accuracies stops now, or None."""
@@ -202,7 +276,9 @@ class FitProgress:
     """Where a ``fit`` stands; plain JSON-able data, saved with checkpoints to resume.
 
     ``history[e]`` has the per-replica ``train_acc`` and ``train_loss`` of program epoch ``e``
-    (values of stopped replicas are repeated from their last epoch) and its ``seconds``.
+    (values of stopped replicas are repeated from their last epoch; None where a replica that
+    diverged had no finite value yet) and its ``seconds``. ``diverged_at[r]`` is
+    ``[epoch, step]`` (both 1-based) of the step at which replica r diverged, else None.
     """
 
     active: list[bool]
@@ -210,9 +286,15 @@ class FitProgress:
     seconds: list[float]
     stop_reason: list[str | None]
     history: list[dict] = dataclasses.field(default_factory=list)
+    diverged_at: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        # Progress saved before the divergence guard existed has no diverged_at.
+        self.diverged_at = list(self.diverged_at) or [None] * len(self.active)
 
     @classmethod
     def start(cls, num_replicas: int) -> "FitProgress":
+        """Progress of ``num_replicas`` replicas that have not trained yet."""
         return cls([True] * num_replicas, [0] * num_replicas, [0.0] * num_replicas,
                    [None] * num_replicas)
 
@@ -225,6 +307,7 @@ class FitProgress:
         return not any(self.active)
 
     def train_acc(self, replica: int) -> list[float]:
+        """The running train accuracy of each epoch ``replica`` trained in."""
         return [h["train_acc"][replica] for h in self.history[: self.epochs[replica]]]
 
     def to_dict(self) -> dict:

@@ -18,6 +18,7 @@ the fast trainer's warm-start experiment both start their rounds through it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -33,11 +34,14 @@ def check_range(name: str, value, lo: float, hi: float | None) -> None:
     if isinstance(value, jax.core.Tracer):
         return
     try:
+        if isinstance(value, (str, bytes, bool)):
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}={value!r} must be a number") from None
-    if not (v >= lo and (hi is None or v <= hi)):  # also rejects NaN
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise TypeError(f"{name}={value!r} must be a number, not {type(value).__name__}"
+                        ) from None
+    if not (math.isfinite(v) and v >= lo and (hi is None or v <= hi)):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f"finite and >= {lo}"
         raise ValueError(f"{name}={value!r} is out of range: it must be {bound}")
 
 

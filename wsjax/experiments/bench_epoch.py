@@ -9,7 +9,8 @@ compiles, each epoch ending in ``block_until_ready``; figures are medians of --r
     wsjax bench_epoch --resnet-steps 0 --mlp-seeds 1 8 64
 
 ResNet epochs on a CPU take minutes, so they are timed over --resnet-steps steps and scaled to
-a full epoch of --epoch-size examples (the study's 33,333).
+a full epoch of --epoch-size examples (the study's 33,333). --guard-cost also times the engine
+without its divergence guard (``Engine(guard=None)``), to show what the guard costs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from wsjax.experiments.flags import HelpFormatter
 from wsjax.engine import Engine
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
-from wsjax.train import make_train_step, pad_indices, replica_keys
+from wsjax.train import DivergenceGuard, make_train_step, pad_indices, replica_keys
 
 
 def median_time(fn, repeats: int) -> float:
@@ -42,9 +43,10 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_engine(model, tx, x, y, n, seeds, batch_size, repeats):
-    """Median seconds of one wsjax epoch over ``n`` examples for ``seeds`` replicas."""
-    engine = Engine(model, tx, batch_size=batch_size)
+def time_engine(model, tx, x, y, n, seeds, batch_size, repeats, guard=DivergenceGuard()):
+    """Median seconds of one wsjax epoch over ``n`` examples for ``seeds`` replicas (with the
+    divergence ``guard``, None for none)."""
+    engine = Engine(model, tx, batch_size=batch_size, guard=guard)
     keys = replica_keys(range(seeds))
     box = [engine.new_state(engine.init(keys))]
     idx, n = pad_indices(np.arange(n))
@@ -89,6 +91,8 @@ def main(argv=None):
     p.add_argument("--resnet-steps", type=int, default=8,
                    help="steps timed for the ResNet (0 skips it); scaled to a full epoch")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs (the median is shown)")
+    p.add_argument("--guard-cost", action="store_true", help="also time the engine without "
+                   "its divergence guard")
     args = p.parse_args(argv)
 
     try:
@@ -105,7 +109,8 @@ def main(argv=None):
           f"({jax.default_backend()}), jax {jax.__version__}; {source}; epoch = "
           f"{args.epoch_size} examples, batch {args.batch_size}; medians of {args.repeats}")
     print(f"{'model':16s} {'seeds':>5s} {'engine s/epoch':>15s} {'per seed':>9s} "
-          f"{'python loop s/epoch':>20s} {'loop / engine per seed':>23s}")
+          f"{'python loop s/epoch':>20s} {'loop / engine per seed':>23s}"
+          + (f" {'no guard s/epoch':>17s} {'guard cost':>10s}" if args.guard_cost else ""))
     rows = [("mlp", s, args.epoch_size) for s in args.mlp_seeds]
     if args.resnet_steps:
         n = min(args.epoch_size, args.resnet_steps * args.batch_size)
@@ -118,8 +123,13 @@ def main(argv=None):
         if name not in loops:
             loops[name] = time_python_loop(model, tx, x_host, y_host, n, args.batch_size,
                                            args.repeats) * scale
+        bare = ""
+        if args.guard_cost:
+            unguarded = time_engine(model, tx, x, y, n, seeds, args.batch_size, args.repeats,
+                                    guard=None) * scale
+            bare = f" {unguarded:17.2f} {engine / unguarded - 1:+10.1%}"
         print(f"{name:16s} {seeds:5d} {engine:15.2f} {engine / seeds:9.3f} {loops[name]:20.2f} "
-              f"{loops[name] / (engine / seeds):23.2f}"
+              f"{loops[name] / (engine / seeds):23.2f}" + bare
               + ("" if scale == 1 else f"   (timed {n} examples, x{scale:.1f})"))
 
 

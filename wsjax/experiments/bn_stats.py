@@ -16,7 +16,7 @@ import dataclasses
 
 from wsjax.experiments import warm_start
 from wsjax.experiments.common import QUICK, main_guard, replace_study, run_cells
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import Checked, option, parse
 from wsjax.study.plots import plot_bn_stats
 from wsjax.study.records import Cells
 
@@ -31,7 +31,7 @@ def lr_batch(text: str) -> tuple[float, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class BNStatsConfig:
+class BNStatsConfig(Checked):
     """The settings; ``cell`` is the two-phase config every cell starts from."""
 
     cell: warm_start.TwoPhaseConfig = warm_start.TwoPhaseConfig()

@@ -16,7 +16,7 @@ import dataclasses
 from wsjax.checkpoint import Checkpointer
 from wsjax.experiments.common import (QUICK, StudyConfig, finish, main_guard, setup,
                                       with_default_out)
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import COUNT, PROPER_SHARE, Checked, option, parse
 from wsjax.study.plots import plot_checkpoint_age
 from wsjax.study.protocols import run_two_phase, two_phase_results, warm_round
 from wsjax.study.records import Run
@@ -24,12 +24,12 @@ from wsjax.warmstart import Arm
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointAgeConfig:
+class CheckpointAgeConfig(Checked):
     """Fig 4."""
 
     study: StudyConfig = StudyConfig()
-    every: int = option(5, "round-1 epochs between snapshots")
-    first_fraction: float = option(0.5, "round 1's share of data")
+    every: int = option(5, "round-1 epochs between snapshots", check=COUNT)
+    first_fraction: float = option(0.5, "round 1's share of data", check=PROPER_SHARE)
 
 
 def run(cfg: CheckpointAgeConfig) -> Run:

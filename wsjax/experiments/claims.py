@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
 from wsjax.study import records
 from wsjax.study.stats import mean_se, paired_mean_se, value
@@ -73,8 +74,16 @@ def fmt(effect, unit="pp") -> str:
 
 def _records(root: Path) -> list[tuple[str, records.Record]]:
     """``(run name, record)`` for every run directly under ``root``, sorted by name."""
-    return [(path.parent.name, records.load(path))
-            for path in sorted(root.glob("*/results.json"))]
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder {root}: name the folder whose run folders hold "
+                                f"results.json")
+    return [(path.parent.name, record)
+            for path, record in records.load_all(sorted(root.glob("*/results.json")), warn)]
+
+
+def warn(text: str) -> None:
+    """Prints a warning on stderr (the table goes to stdout)."""
+    print(text, file=sys.stderr)
 
 
 def _per_seed(rows, values, key):
@@ -370,4 +379,4 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -19,8 +19,8 @@ def usage() -> str:
 
 
 def main(argv=None) -> None:
-    """Dispatches ``argv`` (default ``sys.argv[1:]``) to a command's ``main``; bad input ends
-    with a one-line error."""
+    """Dispatches ``argv`` (default ``sys.argv[1:]``) to a command's ``main`` under
+    ``wsjax.experiments.common.main_guard`` (bad input ends with a one-line error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -29,12 +29,10 @@ def main(argv=None) -> None:
     if name not in COMMANDS:
         sys.exit(f"error: unknown command {argv[0]!r}\n\n{usage()}")
     module = importlib.import_module(f"wsjax.experiments.{name}")
+    from wsjax.experiments.common import main_guard  # imports jax: not for the listing
     # As typed: the program name in --help and the command a run's provenance records.
     sys.argv = [f"wsjax {name}", *argv[1:]]
-    try:
-        module.main(argv[1:])
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    main_guard(module.main, argv[1:])
 
 
 if __name__ == "__main__":

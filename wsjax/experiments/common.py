@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,8 @@ import numpy as np
 
 from wsjax import data as wdata
 from wsjax.engine import Engine
-from wsjax.experiments.flags import flatten, option
+from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Checked,
+                                     Rule, flatten, option)
 from wsjax.models import MODELS, create_model
 from wsjax.objectives import Objective
 from wsjax.optim import OPTIMIZERS, make_optimizer
@@ -34,7 +36,8 @@ from wsjax.warmstart import shrink_perturb_every_step
 QUICK = {"train_subset": 3000, "max_epochs": 20, "seeds": 2}
 
 # Settings of how a run is carried out, not of what it computes: a resumed run may change them.
-RUN_ONLY = ("out", "checkpoint_every", "progress", "tensorboard")
+# (Where the data lies may change too: what it is, its fingerprint, may not.)
+RUN_ONLY = ("out", "checkpoint_every", "progress", "tensorboard", "data_dir")
 
 
 def comma_ints(text: str) -> tuple[int, ...]:
@@ -47,7 +50,7 @@ def comma_ints(text: str) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Which data, and which part of it."""
 
     dataset: str = option("cifar10", "cifar10, cifar100, svhn, or synthetic[:classes[:size]] "
@@ -55,62 +58,65 @@ class DataConfig:
     data_dir: str | None = option(None, "folder with <dataset>.npz (when not given: "
                                   "$WSJAX_DATA_DIR, else ~/.cache/wsjax)")
     train_subset: int | None = option(None, "use only the first N official training images "
-                                      "(quick runs)")
-    split_seed: int = option(0, "seed of the 2/3 : 1/3 split")
+                                      "(quick runs)", check=COUNT)
+    split_seed: int = option(0, "seed of the 2/3 : 1/3 split", check=INDEX)
     label_noise: float = option(0.0, "fraction of the fitted split's labels replaced by random "
-                                "ones (validation and test labels stay clean)")
+                                "ones (validation and test labels stay clean)", check=FRACTION)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """The network."""
 
     model: str = option("mlp", "the model", choices=sorted(MODELS))
     widths: tuple[int, ...] | None = option(
         None, "comma-separated layer widths overriding the model's (e.g. 8,16,32,64 for a "
-        "reduced ResNet, 100,100 for the MLP)", parse=comma_ints)
+        "reduced ResNet, 100,100 for the MLP)", parse=comma_ints, check=COUNT)
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Checked):
     """The optimizer (PyTorch's, with coupled L2 weight decay)."""
 
     optimizer: str = option("adam", "the optimizer", choices=OPTIMIZERS)
-    lr: float = option(1e-3, "learning rate (constant)")
-    weight_decay: float = option(0.0, "coupled L2, as PyTorch")
+    lr: float = option(1e-3, "learning rate (constant)", check=POSITIVE)
+    weight_decay: float = option(0.0, "coupled L2, as PyTorch", check=NON_NEGATIVE)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Batches, seeds and devices."""
 
-    batch_size: int = option(128, "training batch size (the last batch is partial)")
-    seeds: int = option(4, "replicas trained at once (vmapped)")
-    seed_offset: int = option(0, "first seed")
+    batch_size: int = option(128, "training batch size (the last batch is partial)",
+                             check=COUNT)
+    seeds: int = option(4, "replicas trained at once (vmapped)", check=COUNT)
+    seed_offset: int = option(0, "first seed", check=INDEX)
     parallel: str = option("auto", "data parallelism over all devices (auto: batch for conv "
                            "nets, replica for small models when the seeds divide evenly; "
                            "none on one device)", choices=("auto", "none", "batch", "replica"))
 
 
 @dataclasses.dataclass(frozen=True)
-class StopConfig:
+class StopConfig(Checked):
     """When a round stops."""
 
-    threshold: float = option(0.99, "stop at this running train accuracy")
-    max_epochs: int = option(350, "epoch cap of a round")
+    threshold: float = option(0.99, "stop at this running train accuracy (above 1: never)",
+                              check=POSITIVE)
+    max_epochs: int = option(350, "epoch cap of a round", check=COUNT)
     plateau_window: int | None = option(
         None, "also stop when train acc's std over this many epochs < --plateau-std "
-        "(when not given: 3 for logreg/mlp, off for ResNets; 0 turns it off)")
-    plateau_std: float = option(0.002, "see --plateau-window")
+        "(when not given: 3 for logreg/mlp, off for ResNets; 0 turns it off)",
+        check=Rule(lambda v: v == 0 or COUNT.test(v) and v >= 2, "0 (off) or an integer >= 2"))
+    plateau_std: float = option(0.002, "see --plateau-window", check=POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     """Where the run goes and how it reports."""
 
     out: str | None = option(None, "run directory (results, logs, checkpoints; when not "
                              "given: runs/<command>_<dataset>_<model>_<optimizer>)")
-    checkpoint_every: int = option(1, "epochs between checkpoints")
+    checkpoint_every: int = option(1, "epochs between checkpoints", check=COUNT)
     quick: bool = option(False, "a CPU-minutes run")
     progress: str = option("line", "progress display: a line per epoch, one updating bar, or "
                            "off", choices=Progress.MODES)
@@ -119,7 +125,7 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(Checked):
     """Everything a study experiment is run with, besides its protocol's own settings."""
 
     data: DataConfig = DataConfig()
@@ -158,12 +164,18 @@ def load_data(cfg: DataConfig) -> wdata.Dataset:
         try:
             classes, size = (int(v) for v in (parts + ["10", "32"][len(parts):])[:2])
         except ValueError:
-            raise ValueError(f"--dataset {cfg.dataset!r}: write synthetic[:classes[:size]]"
-                             ) from None
+            classes = size = 0
+        if len(parts) > 2 or classes < 2 or size < 1:
+            raise ValueError(f"--dataset {cfg.dataset!r}: write synthetic[:classes[:size]] "
+                             f"with at least 2 classes and images of at least 1x1 pixels, "
+                             f"e.g. synthetic:10:32")
         return wdata.synthetic_dataset(num_train=cfg.train_subset or 3000, num_test=500,
                                        num_classes=classes, image_shape=(size, size, 3),
                                        seed=classes)
     ds = wdata.load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.train_subset and cfg.train_subset > len(ds.x_train):
+        raise ValueError(f"--train-subset {cfg.train_subset}: {cfg.dataset} has only "
+                         f"{len(ds.x_train)} training images")
     if cfg.train_subset:
         ds = wdata.Dataset(ds.name, ds.x_train[: cfg.train_subset],
                            ds.y_train[: cfg.train_subset], ds.x_test, ds.y_test, ds.num_classes)
@@ -194,6 +206,18 @@ def study_data(cfg: DataConfig, ds: wdata.Dataset, put: Callable = jax.device_pu
     return StudyData(ds.name, x, y, fit_idx, val_idx, eval_sets, ds.num_classes)
 
 
+def check_sizes(cfg: StudyConfig, ds: wdata.Dataset) -> None:
+    """Refuses sizes that only make sense for another dataset: a split with an empty part, a
+    batch larger than the fitted split (every step would be padded to it)."""
+    fit, val = wdata.study_split_sizes(len(ds.x_train))
+    if fit < 1 or val < 1:
+        raise ValueError(f"--train-subset {cfg.data.train_subset}: {len(ds.x_train)} training "
+                         f"images leave {fit} to fit and {val} to validate; use at least 3")
+    if cfg.train.batch_size > fit:
+        raise ValueError(f"--batch-size {cfg.train.batch_size} is larger than the {fit} fitted "
+                         f"images; choose at most {fit} (the study uses 128)")
+
+
 def seeds_of(cfg: TrainConfig) -> np.ndarray:
     """The seeds named by ``--seeds``/``--seed-offset``."""
     if cfg.seeds < 1:
@@ -222,13 +246,18 @@ def describe(cfg: StudyConfig, dataset: str, num_seeds: int) -> str:
             f"{cfg.train.batch_size}, {num_seeds} seeds" + (" (quick)" if cfg.run.quick else ""))
 
 
-def open_run(path, cfg, script: str, *, may_change=(), seeds=()) -> RunDir:
+def open_run(path, cfg, script: str, *, may_change=(), seeds=(), data: dict | None = None
+             ) -> RunDir:
     """The run directory ``path``, with ``config.json`` written (or checked, on a resume)
-    from the flattened config ``cfg``."""
-    sinks = [TensorBoardSink(f"{path}/tensorboard", seeds)] if cfg.study.run.tensorboard else []
-    run = RunDir(path, sinks)
-    run.write_config(record_config(cfg, script), may_change,
-                     record_config(type(cfg)(), script), migrate=records.migrate_config_v1)
+    from the flattened config ``cfg`` and the ``data`` fingerprint (``wsjax.data.fingerprint``;
+    a run recorded before fingerprints existed takes the current one)."""
+    run = RunDir(path)
+    config = {**record_config(cfg, script), "data": data}
+    run.write_config(config, (*may_change, *RUN_ONLY),
+                     {**record_config(type(cfg)(), script), "data": data},
+                     migrate=records.migrate_config_v1)
+    if cfg.study.run.tensorboard:  # after the checks: a refused run leaves no event file
+        run.metrics.sinks.append(TensorBoardSink(run.path / "tensorboard", seeds))
     return run
 
 
@@ -251,6 +280,7 @@ class Setup:
     run: RunDir
     title: str
     start: float
+    data_id: dict | None = None  # wsjax.data.fingerprint of the data
 
     @property
     def seeds(self) -> list[int]:
@@ -277,8 +307,11 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
                                           weight_decay=s.optim.weight_decay),
                     batch_size=s.train.batch_size, input_shape=ds.image_shape,
                     parallel=parallel, objective=objective, after_update=after_update)
-    run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds)
+    check_sizes(s, ds)
     data = study_data(s.data, ds, engine.put)
+    # Only now, with every value checked: a run refused above leaves no config behind.
+    data_id = wdata.fingerprint(ds)
+    run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds, data=data_id)
     stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop, s.model.model),
                     checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
     print(f"{ds.name}: {len(data.fit_idx)} fitted / {len(data.val_idx)} validation / "
@@ -287,7 +320,8 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
           f"{jax.device_count()} ({jax.devices()[0].platform}), parallel "
           f"{parallel.mode if parallel else 'none'}"
           + (f"; label noise {s.data.label_noise}" if s.data.label_noise else ""))
-    return Setup(cfg, script, data, engine, stages, run, describe(s, ds.name, len(seeds)), start)
+    return Setup(cfg, script, data, engine, stages, run, describe(s, ds.name, len(seeds)), start,
+                 data_id)
 
 
 def draw(plot: Callable | None, record, folder) -> None:
@@ -302,15 +336,17 @@ def draw(plot: Callable | None, record, folder) -> None:
 
 def write_run(run: RunDir, *, script: str, kind: str, config: dict, results, title: str,
               start: float, data_dir: str | None, plot: Callable | None = None,
-              **extra) -> records.Run:
+              data: dict | None = None, **extra) -> records.Run:
     """Writes ``results.json`` in ``run`` (a ``records.Run``: results, config, provenance,
-    wall time since ``start``) and draws its figure."""
+    wall time since ``start``; ``data`` the data's fingerprint) and draws its figure."""
     record = records.Run(
         script=script, kind=kind, config=config, results=results, title=title,
         wall_seconds=time.perf_counter() - start, device=records.device_name(),
-        provenance=records.provenance(data_dir), extra=extra)
+        provenance=records.provenance(data_dir, data), extra=extra)
     path = records.save(record, run.results_path)
-    run.metrics.close()
+    run.close()
+    for line in records.divergences(record):
+        print(f"diverged: {line}")
     print(f"wall time {record.wall_seconds:.1f} s; results in {path}")
     draw(plot, record, run.path)
     return record
@@ -322,7 +358,8 @@ def finish(run: Setup, kind: str, results, plot: Callable | None = None,
     return write_run(run.run, script=run.script, kind=kind,
                      config=record_config(run.cfg, run.script), results=results,
                      title=run.title, start=run.start,
-                     data_dir=data_dir_of(run.cfg.study.data), plot=plot, **extra)
+                     data_dir=data_dir_of(run.cfg.study.data), plot=plot, data=run.data_id,
+                     **extra)
 
 
 def run_cells(cells: Mapping[str, object], run_one: Callable, *, script: str, out: str,
@@ -336,13 +373,36 @@ def run_cells(cells: Mapping[str, object], run_one: Callable, *, script: str, ou
                             device=first.device, provenance=first.provenance)
     run = RunDir(out)
     records.save(summary, run.results_path)
+    run.close()
     draw(plot, summary, run.path)
     return summary
 
 
-def main_guard(main: Callable) -> None:
-    """Runs a script's ``main``, turning bad-input errors into a one-line exit message."""
+# The exit status of a run that finished but had seeds diverge (2 is argparse's usage error).
+DIVERGED_EXIT = 3
+INTERRUPTED_EXIT = 130  # the shell's status for a process ended by Ctrl-C
+
+
+def main_guard(main: Callable, argv=None) -> None:
+    """Runs a script's ``main(argv)`` as a command: bad input ends with a one-line error,
+    Ctrl-C with one line saying how to resume, and a run whose seeds diverged with a summary
+    of which and when and exit status ``DIVERGED_EXIT``."""
     try:
-        main()
+        record = main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with the same command", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Checkpoints are already closed (their writes finish before Ctrl-C is let through);
+        # skipping interpreter teardown avoids XLA threads crashing it mid-compilation.
+        os._exit(INTERRUPTED_EXIT)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    lines = records.divergences(record) if isinstance(record, records.RECORD_TYPES) else []
+    if lines:
+        print(f"error: {len(lines)} seed run(s) diverged (stop_reason 'diverged' in "
+              f"results.json; their numbers are those of the last finite state):", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+        print("fix: lower --lr (or --weight-decay), or check the data", file=sys.stderr)
+        sys.exit(DIVERGED_EXIT)

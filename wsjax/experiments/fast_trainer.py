@@ -34,8 +34,9 @@ import time
 import jax
 import numpy as np
 
+from wsjax.data import fingerprint
 from wsjax.experiments.common import DataConfig, data_dir_of, load_data, main_guard, write_run
-from wsjax.experiments.flags import flatten, option, parse
+from wsjax.experiments.flags import COUNT, FRACTION, NON_NEGATIVE, Checked, flatten, option, parse
 from wsjax.speedrun import (AIRBENCH94, AIRBENCH94_MUON, PAGE_RESNET9, TRICKS, Recipe,
                             Speedrun, frozen_mask)
 from wsjax.study.protocols import run_two_phase
@@ -54,7 +55,7 @@ QUICK = {"dataset": "synthetic:4:16", "train_subset": 512, "runs": 2,
 
 
 @dataclasses.dataclass(frozen=True)
-class FastTrainerConfig:
+class FastTrainerConfig(Checked):
     """The fast trainer's experiment."""
 
     mode: str = option("time", "what to run (see above)", choices=MODES)
@@ -62,16 +63,17 @@ class FastTrainerConfig:
     changes: tuple[str, ...] = option((), "recipe changes, e.g. epochs=8 flip=random "
                                       "bf16=false", flag="--set", nargs="*",
                                       metavar="FIELD=VALUE")
-    runs: int = option(10, "timed runs (seeds) of each system, recipe or arm")
+    runs: int = option(10, "timed runs (seeds) of each system, recipe or arm", check=COUNT)
     tricks: tuple[str, ...] = option((), "ablate only these tricks (none: all the recipe uses)",
                                      nargs="*", choices=sorted(TRICKS))
     shrink: tuple[float, ...] = option((0.6, 0.3), "shrink values of the shrink-perturb arms "
-                                       "(warm-start mode)", nargs="*")
-    noise: float = option(0.01, "noise scale of the shrink-perturb arms")
+                                       "(warm-start mode)", nargs="*", check=FRACTION)
+    noise: float = option(0.01, "noise scale of the shrink-perturb arms", check=NON_NEGATIVE)
     dataset: str = option("cifar10", "cifar10, or synthetic[:classes[:size]]")
     data_dir: str | None = option(None, "folder with <dataset>.npz (when not given: "
                                   "$WSJAX_DATA_DIR, else ~/.cache/wsjax)")
-    train_subset: int | None = option(None, "use only the first N training images")
+    train_subset: int | None = option(None, "use only the first N training images",
+                                      check=COUNT)
     compile_cache: str = option("~/.cache/wsjax/xla", "XLA's persistent compilation cache "
                                 "('' for none): a second invocation skips compiling")
     quick: bool = option(False, "CPU minutes")
@@ -307,6 +309,7 @@ def run(cfg: FastTrainerConfig) -> Run:
     changes = parse_overrides(cfg.changes)
     recipe = RECIPES[cfg.recipe].replace(**changes)
     ds = load_data(cfg.data)
+    out = RunDir(cfg.out)  # before the runs: an unusable --out fails now, not after them
     # On the device before any timer (airbench's timer excludes this transfer too).
     data = tuple(jax.device_put(a) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
     print(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test; {cfg.recipe} "
@@ -320,9 +323,10 @@ def run(cfg: FastTrainerConfig) -> Run:
         results, extra = {"ablate": mode_ablate, "warm-start": mode_warm_start,
                           "airbench": mode_airbench}[cfg.mode](recipe, ds, data, cfg)
     config = {k: v for k, v in flatten(cfg).items() if k != "out"}
-    return write_run(RunDir(cfg.out), script="fast_trainer", kind="speedrun", config=config,
+    return write_run(out, script="fast_trainer", kind="speedrun", config=config,
                      results=results, title=f"{cfg.recipe} ({cfg.mode}) on {ds.name}",
-                     start=start, data_dir=data_dir_of(cfg.data), mode=cfg.mode,
+                     start=start, data_dir=data_dir_of(cfg.data), data=fingerprint(ds),
+                     mode=cfg.mode,
                      recipe=cfg.recipe, changes=changes, dataset=ds.name, **extra)
 
 

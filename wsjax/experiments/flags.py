@@ -5,6 +5,9 @@ fields whose type is another config nest it. ``parser_for(cls)`` makes one flag 
 (``batch_size`` -> ``--batch-size``; names are unique across the nesting), with its help text
 and default shown; ``parse(cls, argv)`` returns the typed config. ``flatten`` gives the
 ``{field: value}`` mapping that a run's ``config.json`` holds, ``unflatten`` the config back.
+A config that derives from ``Checked`` checks its values when it is made (from flags or in
+code) against the ``check`` rule of each option, and a bad one raises a one-line
+``ValueError`` that names the flag and what it must be.
 
 >>> @dataclasses.dataclass(frozen=True)
 ... class Train:
@@ -17,21 +20,84 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a value must be: ``test(value) -> bool`` and the words for it (``text``)."""
+
+    test: Callable
+    text: str
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(v))
+
+
+POSITIVE = Rule(lambda v: _number(v) and v > 0, "a positive finite number")
+NON_NEGATIVE = Rule(lambda v: _number(v) and v >= 0, "a finite number >= 0")
+FRACTION = Rule(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+SHARE = Rule(lambda v: _number(v) and 0 < v <= 1, "a fraction in (0, 1]")
+PROPER_SHARE = Rule(lambda v: _number(v) and 0 < v < 1, "a fraction strictly between 0 and 1")
+COUNT = Rule(lambda v: _integer(v) and v >= 1, "an integer >= 1")
+INDEX = Rule(lambda v: _integer(v) and v >= 0, "an integer >= 0")
+
 
 def option(default, help: str, *, flag: str | None = None, choices: Sequence | None = None,
-           nargs: str | int | None = None, metavar=None, parse: Callable | None = None):
+           nargs: str | int | None = None, metavar=None, parse: Callable | None = None,
+           check: Rule | None = None):
     """A config field that is also a flag: ``help`` is its help text; ``flag`` its name when
     not ``--<field-name>`` (e.g. ``--no-warm-start`` for a bool that defaults to True);
     ``nargs`` for tuple fields (``'*'``, ``'+'`` or a count); ``parse(text) -> value`` for a
-    value written as one word (e.g. comma-separated widths)."""
+    value written as one word (e.g. comma-separated widths); ``check`` the ``Rule`` its value
+    (each element of a tuple; None always passes) must follow in a ``Checked`` config."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable: use a tuple")
     return dataclasses.field(default=default, metadata={
         "help": help, "flag": flag, "choices": tuple(choices) if choices else None,
-        "nargs": nargs, "metavar": metavar, "parse": parse})
+        "nargs": nargs, "metavar": metavar, "parse": parse, "check": check})
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(_shown, value)) or "(none)"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class Checked:
+    """Base of a config that checks its own fields when it is made: each option's ``check``
+    rule and ``choices``. A bad value raises ``ValueError('--flag value: must be ...')``."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None or dataclasses.is_dataclass(value) or "help" not in meta:
+                continue
+            items = value if isinstance(value, tuple) else (value,)
+            rule, choices = meta.get("check"), meta.get("choices")
+            for item in items:
+                if rule is not None and not rule.test(item):
+                    raise ValueError(f"{flag_of(f)} {_shown(value)}: "
+                                     f"{'each value ' if len(items) > 1 else ''}must be "
+                                     f"{rule.text}")
+                if choices is not None and item not in choices:
+                    raise ValueError(f"{flag_of(f)} {_shown(value)}: must be one of "
+                                     f"{', '.join(map(str, choices))}")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter,
@@ -67,7 +133,7 @@ def _add(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> None:
     meta = f.metadata
     if "help" not in meta:
         raise TypeError(f"config field {f.name!r} has no help text: declare it with option()")
-    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    flag = flag_of(f)
     kw = {"dest": f.name, "help": meta["help"], "default": f.default}
     scalar = _scalar_type(tp)
     if scalar is bool and not meta["nargs"]:

@@ -17,7 +17,7 @@ import dataclasses
 from wsjax import data as wdata
 from wsjax.experiments.common import (QUICK, StudyConfig, finish, main_guard, setup,
                                       with_default_out)
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import COUNT, FRACTION, NON_NEGATIVE, Checked, option, parse
 from wsjax.study.plots import plot_grad_norms
 from wsjax.study.protocols import run_two_phase, two_phase_results
 from wsjax.study.records import Run
@@ -25,14 +25,16 @@ from wsjax.warmstart import Arm
 
 
 @dataclasses.dataclass(frozen=True)
-class GradNormsConfig:
+class GradNormsConfig(Checked):
     """Fig 5."""
 
     study: StudyConfig = StudyConfig()
     shrink: tuple[float, ...] = option((0.9, 0.7, 0.5, 0.3), "shrink values of the "
-                                       "shrink-perturb arms", nargs="*")
-    noise: float = option(0.01, "noise scale of the shrink-perturb arms")
-    probe_size: int = option(1024, "old and new examples each on which gradients are measured")
+                                       "shrink-perturb arms", nargs="*",
+                                       check=FRACTION)
+    noise: float = option(0.01, "noise scale of the shrink-perturb arms", check=NON_NEGATIVE)
+    probe_size: int = option(1024, "old and new examples each on which gradients are measured",
+                             check=COUNT)
 
 
 def run(cfg: GradNormsConfig) -> Run:

@@ -18,7 +18,7 @@ import dataclasses
 
 from wsjax.experiments.common import (StudyConfig, finish, main_guard, setup,
                                       with_default_out)
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import COUNT, FRACTION, NON_NEGATIVE, Checked, option, parse
 from wsjax.study.plots import plot_online
 from wsjax.study.protocols import SELECTORS, run_online
 from wsjax.study.records import Run
@@ -28,16 +28,16 @@ QUICK = {"train_subset": 3000, "max_epochs": 20, "seeds": 2, "chunk": 250, "roun
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineConfig:
+class OnlineConfig(Checked):
     """The online experiment."""
 
     study: StudyConfig = StudyConfig()
-    chunk: int = option(1000, "examples added per round")
+    chunk: int = option(1000, "examples added per round", check=COUNT)
     rounds: int | None = option(None, "stop after this many rounds (a finished run may be "
-                                "extended or cut)")
+                                "extended or cut)", check=COUNT)
     shrink: tuple[float, ...] = option((0.6,), "shrink-perturb arms (none: warm start vs "
-                                       "random init only)", nargs="*")
-    noise: float = option(0.01, "noise scale of the shrink-perturb arms")
+                                       "random init only)", nargs="*", check=FRACTION)
+    noise: float = option(0.01, "noise scale of the shrink-perturb arms", check=NON_NEGATIVE)
     bn: str = option("reset", "BatchNorm statistics before each round of the warm arms",
                      choices=BN_MODES)
     select: str = option("order", "order: random arrival (paper); margin/entropy: active "

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
 from wsjax.study import plots, records
 
@@ -23,6 +24,7 @@ SINGLE = {"warm_start": plots.plot_two_phase, "perturb_only": plots.plot_two_pha
           "checkpoint_age": plots.plot_checkpoint_age, "grad_norms": plots.plot_grad_norms,
           "shrink_only": plots.plot_shrink_only, "online": plots.plot_online,
           "transfer": plots.plot_transfer}
+DEFAULT_FOLDERS = ("runs", "experiments/results")
 CELLS = {"regularization": plots.plot_regularization, "sweep": plots.plot_sweep,
          "bn_stats": plots.plot_bn_stats, "sp_every_step": plots.plot_cells}
 
@@ -41,26 +43,26 @@ def main(argv=None) -> list[Path]:
     """Redraws the figures under the given folders; returns their paths."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    p.add_argument("folders", nargs="*", default=["runs", "experiments/results"],
-                   help="folders searched for results.json")
+    p.add_argument("folders", nargs="*", help="folders searched for results.json (default: "
+                   "runs and experiments/results, those that exist)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    folders = [Path(f) for f in args.folders]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no folder {', '.join(missing)}: name folders that hold runs")
+    folders = folders or [f for f in map(Path, DEFAULT_FOLDERS) if f.is_dir()]
+    paths = [path for folder in folders for path in sorted(folder.rglob("results.json"))
+             if "checkpoints" not in path.parts]
     drawn = []
-    for folder in map(Path, args.folders):
-        if not folder.exists():
-            print(f"skipping {folder}: no such folder")
+    for path, record in records.load_all(paths, lambda text: print(text, file=sys.stderr)):
+        plot = plot_for(record)
+        if plot is None:
             continue
-        for path in sorted(folder.rglob("results.json")):
-            if "checkpoints" in path.parts:
-                continue
-            record = records.load(path)
-            plot = plot_for(record)
-            if plot is None:
-                continue
-            drawn.append(plot(record, path.parent))
-            print(f"{path} -> {drawn[-1]}")
+        drawn.append(plot(record, path.parent))
+        print(f"{path} -> {drawn[-1]}")
     print(f"{len(drawn)} figures redrawn")
     return drawn
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -12,7 +12,7 @@ import dataclasses
 
 from wsjax.experiments import warm_start
 from wsjax.experiments.common import QUICK, main_guard, replace_study, run_cells
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import NON_NEGATIVE, Checked, option, parse
 from wsjax.study.plots import plot_regularization
 from wsjax.study.records import Cells
 
@@ -20,13 +20,14 @@ REGULARIZERS = ("l2", "adversarial", "confidence")
 
 
 @dataclasses.dataclass(frozen=True)
-class RegularizationConfig:
+class RegularizationConfig(Checked):
     """The regularizers; ``cell`` is the two-phase config every cell starts from."""
 
     cell: warm_start.TwoPhaseConfig = warm_start.TwoPhaseConfig()
     kinds: tuple[str, ...] = option(REGULARIZERS, "regularizers", nargs="+",
                                     choices=REGULARIZERS)
-    strengths: tuple[float, ...] = option((0.1, 0.01, 0.001, 0.0001), "strengths", nargs="+")
+    strengths: tuple[float, ...] = option((0.1, 0.01, 0.001, 0.0001), "strengths", nargs="+",
+                                          check=NON_NEGATIVE)
 
 
 def regularized(cell: warm_start.TwoPhaseConfig, kind: str, strength: float, out: str):

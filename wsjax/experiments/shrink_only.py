@@ -17,7 +17,7 @@ import jax
 
 from wsjax.experiments.common import (QUICK, StudyConfig, build_model, finish, main_guard,
                                       setup, stop_rule, with_default_out)
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import FRACTION, Checked, option, parse
 from wsjax.models import MODELS
 from wsjax.study.plots import plot_shrink_only
 from wsjax.study.records import Run, ShrinkCurve
@@ -29,7 +29,7 @@ VARIANTS = {"mlp_nobias": ("mlp", {"use_bias": False})}
 
 
 @dataclasses.dataclass(frozen=True)
-class ShrinkOnlyConfig:
+class ShrinkOnlyConfig(Checked):
     """Fig 6."""
 
     study: StudyConfig = StudyConfig()
@@ -37,7 +37,7 @@ class ShrinkOnlyConfig:
                                      nargs="+", choices=sorted(MODELS) + sorted(VARIANTS))
     shrinks: tuple[float, ...] = option(
         (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), "shrink factors",
-        nargs="+")
+        nargs="+", check=FRACTION)
 
 
 def run(cfg: ShrinkOnlyConfig) -> Run:

@@ -12,18 +12,19 @@ import dataclasses
 
 from wsjax.experiments import warm_start
 from wsjax.experiments.common import QUICK, main_guard, replace_study, run_cells
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import FRACTION, NON_NEGATIVE, Checked, option, parse
 from wsjax.study.plots import plot_cells
 from wsjax.study.records import Cells
 
 
 @dataclasses.dataclass(frozen=True)
-class EveryStepConfig:
+class EveryStepConfig(Checked):
     """The two cells; ``cell`` is the two-phase config both start from."""
 
     cell: warm_start.TwoPhaseConfig = warm_start.TwoPhaseConfig()
-    step_shrink: float = option(0.9999, "shrink applied after every step")
-    step_noise: float = option(1e-4, "noise (times a fresh init) added after every step")
+    step_shrink: float = option(0.9999, "shrink applied after every step", check=FRACTION)
+    step_noise: float = option(1e-4, "noise (times a fresh init) added after every step",
+                               check=NON_NEGATIVE)
 
 
 def run(cfg: EveryStepConfig) -> Cells:

@@ -13,18 +13,20 @@ import dataclasses
 
 from wsjax.experiments import warm_start
 from wsjax.experiments.common import QUICK, main_guard, replace_study, run_cells
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import COUNT, POSITIVE, Checked, option, parse
 from wsjax.study.plots import plot_sweep
 from wsjax.study.records import Cells
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Checked):
     """The grid; ``cell`` is the two-phase config every cell starts from."""
 
     cell: warm_start.TwoPhaseConfig = warm_start.TwoPhaseConfig()
-    lrs: tuple[float, ...] = option((0.1, 0.01, 0.001), "learning rates", nargs="+")
-    batch_sizes: tuple[int, ...] = option((16, 32, 64, 128), "batch sizes", nargs="+")
+    lrs: tuple[float, ...] = option((0.1, 0.01, 0.001), "learning rates", nargs="+",
+                                    check=POSITIVE)
+    batch_sizes: tuple[int, ...] = option((16, 32, 64, 128), "batch sizes", nargs="+",
+                                          check=COUNT)
 
 
 def run(cfg: SweepConfig) -> Cells:

@@ -15,7 +15,7 @@ import dataclasses
 
 from wsjax.experiments import warm_start
 from wsjax.experiments.common import QUICK, main_guard, replace_study
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import Checked, option, parse
 from wsjax.models import MODELS
 from wsjax.optim import OPTIMIZERS
 from wsjax.study import records
@@ -39,7 +39,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Table1Config:
+class Table1Config(Checked):
     """Table 1's cells; ``cell`` is the two-phase config every cell starts from."""
 
     cell: warm_start.TwoPhaseConfig = warm_start.TwoPhaseConfig()
@@ -59,7 +59,7 @@ def cell_row(dataset: str, model: str, opt: str, results: dict) -> Table1Row:
             test_acc=list(mean_se(column(seeds, "test_acc", 100))),
             seconds=list(mean_se([s.total_seconds if s.total_seconds is not None
                                   else s.seconds for s in seeds])),
-            n=len(seeds))
+            n=len(seeds), diverged=sum(s.stop_reason == "diverged" for s in seeds))
     paper = PAPER.get((dataset, model, opt))
     return Table1Row(dataset, model, opt, list(paper) if paper else None, arms["random_init"],
                      arms["warm_start"], list(paired_mean_se(results["random_init"].seeds,
@@ -91,7 +91,9 @@ def run(cfg: Table1Config) -> Table1:
             rows.append(cell_row(dataset, model, opt, warm_start.run(cell).results))
     table = Table1(script="table1", rows=rows, table=format_table(rows))
     print(table.table)
-    records.save(table, RunDir(out).results_path)
+    run = RunDir(out)
+    records.save(table, run.results_path)
+    run.close()
     return table
 
 

@@ -17,7 +17,7 @@ from wsjax import data as wdata
 from wsjax.checkpoint import merge_weights
 from wsjax.experiments.common import (QUICK, StudyConfig, finish, main_guard, replace_study,
                                       setup, with_default_out)
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import FRACTION, NON_NEGATIVE, SHARE, Checked, option, parse
 from wsjax.study.plots import plot_transfer
 from wsjax.study.protocols import RANDOM, warm_round
 from wsjax.study.records import Run, TransferFraction, TransferResult
@@ -26,15 +26,16 @@ from wsjax.warmstart import Arm
 
 
 @dataclasses.dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(Checked):
     """Fig 9; ``--dataset`` is the target."""
 
     study: StudyConfig = StudyConfig()
     source: str = option("cifar10", "dataset the warm model is trained on")
     fractions: tuple[float, ...] = option((0.01, 0.1, 0.25, 0.5, 1.0), "fractions of the "
-                                          "target's fitted split", nargs="+")
-    shrink: float = option(0.3, "shrink of the shrink-perturb arm")
-    noise: float = option(1e-4, "noise scale of the shrink-perturb arm")
+                                          "target's fitted split", nargs="+",
+                                          check=SHARE)
+    shrink: float = option(0.3, "shrink of the shrink-perturb arm", check=FRACTION)
+    noise: float = option(1e-4, "noise scale of the shrink-perturb arm", check=NON_NEGATIVE)
 
 
 def run(cfg: TransferConfig) -> Run:

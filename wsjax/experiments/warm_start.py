@@ -25,7 +25,8 @@ import jax
 
 from wsjax.experiments.common import QUICK, StudyConfig, finish, main_guard, setup, \
     with_default_out
-from wsjax.experiments.flags import option, parse
+from wsjax.experiments.flags import (FRACTION, NON_NEGATIVE, PROPER_SHARE, Checked, option,
+                                     parse)
 from wsjax.objectives import KINDS, Objective
 from wsjax.study.plots import plot_two_phase
 from wsjax.study.probes import bn_mismatch
@@ -37,13 +38,14 @@ from wsjax.warmstart import BN_MODES, NOISE_KINDS, OPTIMIZER_MODES, Arm
 
 
 @dataclasses.dataclass(frozen=True)
-class ArmsConfig:
+class ArmsConfig(Checked):
     """The warm arms of round 2."""
 
     shrink: tuple[float, ...] = option((0.6, 0.3), "shrink values of the shrink-perturb arms "
-                                       "(none: no such arm)", nargs="*")
+                                       "(none: no such arm)", nargs="*", check=FRACTION)
     noise: tuple[float, ...] = option((0.01,), "perturbation scale(s) of the shrink-perturb "
-                                      "arms (several: a grid)", nargs="+")
+                                      "arms (several: a grid)", nargs="+",
+                                      check=NON_NEGATIVE)
     noise_kind: str = option("init", "init: noise * a fresh init (official code); gaussian: "
                              "N(0, noise^2)", choices=NOISE_KINDS)
     warm_arm: bool = option(True, "leave out the plain warm-start arm", flag="--no-warm-start")
@@ -55,15 +57,15 @@ class ArmsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TwoPhaseConfig:
+class TwoPhaseConfig(Checked):
     """The two-phase experiment."""
 
     study: StudyConfig = StudyConfig()
     arms: ArmsConfig = ArmsConfig()
-    first_fraction: float = option(0.5, "round 1's share of data")
+    first_fraction: float = option(0.5, "round 1's share of data", check=PROPER_SHARE)
     objective: str = option("ce", "training loss in both rounds (regularization table)",
                             choices=KINDS)
-    strength: float = option(0.0, "strength of --objective")
+    strength: float = option(0.0, "strength of --objective", check=NON_NEGATIVE)
     sp_every_step: tuple[float, float] | None = option(
         None, "apply shrink-perturb after every optimizer step of every stage", nargs=2,
         metavar=("SHRINK", "NOISE"))
@@ -116,7 +118,9 @@ def print_table(results: dict) -> None:
             *mean_se(column(s, key, scale)), d=digits)
         total = lambda key, d: fmt(f"total_{key}", 1, d) if s[0].total_epochs is not None \
             else fmt(key, 1, d)
-        print(" | ".join([arm, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
+        diverged = sum(row.stop_reason == "diverged" for row in s)
+        name = f"{arm} ({diverged} diverged)" if diverged else arm
+        print(" | ".join([name, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
                           total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1)]))
 
 

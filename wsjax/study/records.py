@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -40,7 +41,9 @@ SCHEMA_VERSION = 2
 @dataclasses.dataclass
 class SeedRow:
     """One seed of one stage. Accuracies are fractions; ``total_*`` count both rounds of a
-    warm start."""
+    warm start. A seed whose training diverged has ``stop_reason='diverged'`` and
+    ``diverged_at=[epoch, step]``; its numbers are those of its last finite state, and a value
+    that is not finite is None."""
 
     seed: int
     epochs: int
@@ -53,6 +56,7 @@ class SeedRow:
     test_loss: float | None = None
     total_epochs: int | None = None
     total_seconds: float | None = None
+    diverged_at: list[int] | None = None
 
 
 @dataclasses.dataclass
@@ -136,8 +140,9 @@ class TimedSummary:
 @dataclasses.dataclass
 class Provenance:
     """How a run was made: package versions, the git commit of the code (None outside a
-    checkout), the date (UTC, ISO 8601), the devices, the resolved data directory and the
-    command line."""
+    checkout), the date (UTC, ISO 8601), the devices, the resolved data directory, the
+    command line, and what the data was (``wsjax.data.fingerprint``; None in runs made before
+    it was recorded)."""
 
     versions: dict[str, str]
     git_commit: str | None
@@ -145,6 +150,7 @@ class Provenance:
     device: str
     data_dir: str | None
     command: list[str]
+    data: dict[str, Any] | None = None
 
 
 # What ``Run.results`` holds, by ``Run.kind``.
@@ -193,12 +199,14 @@ class Cells:
 
 @dataclasses.dataclass
 class ArmSummary:
-    """An arm of a Table 1 cell: ``[mean, SE]`` of val and test accuracy (%) and seconds."""
+    """An arm of a Table 1 cell: ``[mean, SE]`` of val and test accuracy (%) and seconds over
+    its ``n`` seeds, of which ``diverged`` diverged (None: not recorded)."""
 
     val_acc: list[float]
     test_acc: list[float]
     seconds: list[float]
     n: int
+    diverged: int | None = None
 
 
 @dataclasses.dataclass
@@ -226,6 +234,7 @@ class Table1:
 
 
 Record = Union[Run, Cells, Table1]
+RECORD_TYPES = (Run, Cells, Table1)
 
 
 # --- JSON ----------------------------------------------------------------------------------
@@ -305,11 +314,17 @@ def from_json(data: dict, where: str = "record") -> Record:
 
 
 def load(path: str | os.PathLike) -> Record:
-    """The record in ``path`` (a ``results.json``, or the run folder holding one)."""
+    """The record in ``path`` (a ``results.json``, or the run folder holding one). A file that
+    is not valid JSON (e.g. truncated) raises ``ValueError`` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    return from_json(json.loads(path.read_text()), str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged (not valid JSON: {e}); rerun the run that wrote "
+                         f"it, or delete it") from None
+    return from_json(data, str(path))
 
 
 def save(record: Record, path: str | os.PathLike) -> Path:
@@ -318,6 +333,59 @@ def save(record: Record, path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / "results.json"
     return write_json(path, to_json(record))
+
+
+def load_all(paths, warn=print) -> list[tuple[Path, Record]]:
+    """``(path, record)`` for each of ``paths`` that loads; a damaged or unreadable one is
+    skipped with a warning naming it (``warn(text)``), so one bad file does not stop a whole
+    table or a redraw."""
+    out = []
+    for path in paths:
+        try:
+            out.append((Path(path), load(path)))
+        except (OSError, ValueError) as e:
+            warn(f"warning: skipping {path}: {e}")
+    return out
+
+
+def seed_rows(record, where: str = ""):
+    """Every ``SeedRow`` in a record (any nesting), as ``(path, row)``; e.g.
+    ``('results.warm_start.round1[0]', row)``."""
+    if isinstance(record, SeedRow):
+        yield where, record
+    elif dataclasses.is_dataclass(record):
+        for f in dataclasses.fields(record):
+            yield from seed_rows(getattr(record, f.name), f"{where}.{f.name}".lstrip("."))
+    elif isinstance(record, dict):
+        for k, v in record.items():
+            yield from seed_rows(v, f"{where}.{k}".lstrip("."))
+    elif isinstance(record, (list, tuple)):
+        for i, v in enumerate(record):
+            yield from seed_rows(v, f"{where}[{i}]")
+
+
+def divergences(record) -> list[str]:
+    """One line per seed run that diverged in ``record``: which stage, which seed, and when.
+    The round 1 that the warm arms of a two-phase run share is listed once."""
+    lines = []
+    for path, row in seed_rows(record):
+        if row.stop_reason != "diverged":
+            continue
+        stage = re.sub(r"(\.seeds)?\[\d+\]$", "", path).removeprefix("results.")
+        if stage.endswith(".round1"):  # every warm arm holds the same round-1 rows
+            stage = "round 1"
+        when = (f" at epoch {row.diverged_at[0]}, step {row.diverged_at[1]}"
+                if row.diverged_at else "")
+        line = f"{stage}: seed {row.seed} diverged{when}"
+        if line not in lines:
+            lines.append(line)
+    for row in getattr(record, "rows", None) or []:  # a Table 1 summary: its cells' counts
+        for arm in ("random_init", "warm_start"):
+            if isinstance(row, Table1Row) and getattr(row, arm).diverged:
+                lines.append(f"{row.dataset}_{row.model}_{row.optimizer} {arm}: "
+                             f"{getattr(row, arm).diverged} seed(s) diverged (see the cell's "
+                             f"results.json)")
+    return lines
 
 
 # --- provenance ----------------------------------------------------------------------------
@@ -344,16 +412,16 @@ def device_name() -> str:
     return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
 
 
-def provenance(data_dir: str | os.PathLike | None) -> Provenance:
+def provenance(data_dir: str | os.PathLike | None, data: dict | None = None) -> Provenance:
     """The provenance of a run made now by this process; ``data_dir`` is the resolved data
-    directory (None for data that needs none)."""
+    directory (None for data that needs none), ``data`` the data's fingerprint."""
     from wsjax.runtime import versions
 
     return Provenance(
         versions=versions(), git_commit=git_commit(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         device=device_name(), data_dir=None if data_dir is None else str(data_dir),
-        command=list(sys.argv))
+        command=list(sys.argv), data=data)
 
 
 # --- version 1 -----------------------------------------------------------------------------

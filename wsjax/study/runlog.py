@@ -1,8 +1,11 @@
 """A run's directory and what is written into it while it runs.
 
-- ``RunDir``: ``config.json`` (the resolved config; a resume with another one is refused),
-  ``metrics.jsonl`` and ``results.json`` (written through ``wsjax.study.records``). Figures
-  and the claims table read these files; they never retrain.
+- ``RunDir``: ``config.json`` (the resolved config and what the data is; a resume with
+  another config or other data is refused), ``metrics.jsonl`` and ``results.json`` (written
+  through ``wsjax.study.records``). Figures and the claims table read these files; they
+  never retrain. A run holds a lock on its directory (``.lock``), so a second process on it
+  is refused with the holder's name; the lock goes with the process, so a killed run's lock
+  never blocks its resume.
 - ``MetricWriter``: the one way metrics are written. The JSON-lines file is the record (one
   object per line, appended, with a timestamp); other sinks (``TensorBoardSink``) get a copy.
 - ``Progress``: what a long stage shows while it trains: a line per epoch, one bar that
@@ -12,7 +15,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -22,15 +27,18 @@ import numpy as np
 
 
 def jsonable(x):
-    """``x`` with numpy values, tuples and paths turned into plain JSON types."""
+    """``x`` with numpy values, tuples and paths turned into plain JSON types; a float that is
+    not finite (NaN, infinity) becomes None, which every JSON reader accepts."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
+        return jsonable(x.item())
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return jsonable(x.tolist())
     if isinstance(x, Path):
         return str(x)
     return x
@@ -40,7 +48,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     """Writes ``obj`` as indented JSON atomically (a crash never leaves half a file)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1) + "\n")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 
@@ -89,9 +97,32 @@ class MetricWriter:
         """Appends one record (with a timestamp) to the file and to every sink."""
         record = jsonable({"time": time.time(), **record})
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         for sink in self.sinks:
             sink.write(record)
+
+    def rewind(self, stage: str, epoch: int) -> int:
+        """Drops the records of ``stage`` after ``epoch`` (a stage resumed from its checkpoint
+        at ``epoch`` logs the later epochs again) and any line a crash cut short; returns how
+        many lines were dropped. The file is rewritten atomically."""
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("stage") == stage and record.get("epoch", 0) > epoch:
+                dropped += 1
+                continue
+            kept.append(line)
+        if dropped:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+        return dropped
 
     def close(self) -> None:
         """Closes the sinks (the JSON-lines file is closed after every record)."""
@@ -117,9 +148,11 @@ class Progress:
         """Reports one finished epoch of ``stage``."""
         if self.mode == "off":
             return
-        acc = np.asarray(train_acc)
-        text = (f"[{stage}] epoch {epoch:3d}  train acc {acc.mean():.4f} "
-                f"[{acc.min():.4f}..{acc.max():.4f}]  active {sum(active)}/{len(acc)}  "
+        acc = np.array([np.nan if a is None else a for a in train_acc], dtype=float)
+        if np.isnan(acc).all():
+            acc = np.zeros(1)  # every replica diverged before it had a finite accuracy
+        text = (f"[{stage}] epoch {epoch:3d}  train acc {np.nanmean(acc):.4f} "
+                f"[{np.nanmin(acc):.4f}..{np.nanmax(acc):.4f}]  active {sum(active)}/{len(acc)}  "
                 f"{seconds:.2f}s")
         if self.mode == "line":
             print(text, file=self.stream)
@@ -134,12 +167,57 @@ class Progress:
             print(text, file=self.stream)
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be used: not a writable folder, or in use by another run."""
+
+
+# Run directories this process holds locked: path -> open lock file.
+_LOCKS: dict = {}
+
+
+def _lock(path: Path):
+    """Locks ``path/.lock`` for this process (released when it exits, however it exits) and
+    writes who holds it; raises ``RunDirError`` naming the holder when another process does.
+    The same process locking again (a notebook re-running a cell) takes the lock over."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    if path in _LOCKS:
+        _LOCKS.pop(path).close()
+    handle = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"{path} is in use by {holder}; wait for that run to end, or choose "
+                          f"another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})\n")
+    handle.flush()
+    _LOCKS[path] = handle
+    return handle
+
+
 class RunDir:
-    """The files of one run in ``path`` (created if needed)."""
+    """The files of one run in ``path`` (created if needed), locked for this process until
+    ``close``. Raises ``RunDirError`` when ``path`` cannot be a run directory (a file, below a
+    file, not writable) or another process holds it."""
 
     def __init__(self, path: str | os.PathLike, sinks: Sequence = ()):
         self.path = Path(path).expanduser().resolve()
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--out {path} is a file, not a folder: choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.path)
+        except OSError as e:
+            raise RunDirError(f"--out {path} cannot be a run directory ({e.strerror or e}): "
+                              f"choose a folder you can write to") from None
         self.metrics = MetricWriter(self.path / "metrics.jsonl", sinks)
 
     @property
@@ -152,6 +230,18 @@ class RunDir:
         """Where the run's record goes."""
         return self.path / "results.json"
 
+    @property
+    def started(self) -> bool:
+        """Whether the run has trained or written anything beyond its config."""
+        return any(p.exists() for p in (self.checkpoints, self.metrics.path, self.results_path))
+
+    def close(self) -> None:
+        """Closes the metric sinks and releases the directory's lock."""
+        self.metrics.close()
+        if self._lock is not None and _LOCKS.get(self.path) is self._lock:
+            _LOCKS.pop(self.path).close()
+        self._lock = None
+
     def write_config(self, config: Mapping, may_change: Sequence[str] = (),
                      defaults: Mapping | None = None, migrate=None) -> None:
         """Writes ``config.json``; refuses to resume a run that was started with another config.
@@ -159,18 +249,31 @@ class RunDir:
         Keys in ``may_change`` (e.g. a round count: more rounds extend the same run) may differ.
         A key the saved config lacks matches when the new value is its entry in ``defaults``
         (a setting added to wsjax later, at its default, leaves an older run as it was);
-        ``migrate(old) -> old`` brings a saved config of an older wsjax up to date first.
+        ``migrate(old) -> old`` brings a saved config of an older wsjax up to date first. The
+        ``data`` key (``wsjax.data.fingerprint``) gets its own message. A run that never
+        started (a config and nothing else) takes the new config.
         """
         path = self.path / "config.json"
         new = jsonable(dict(config))
-        if path.exists():
+        if path.exists() and self.started:
             old = json.loads(path.read_text())
             old = migrate(old) if migrate is not None else old
             defaults = jsonable(dict(defaults or {}))
             diff = {k for k in set(old) | set(new)
                     if k not in may_change and old.get(k, defaults.get(k)) != new.get(k)}
+            if "data" in diff:
+                was, now = old["data"], new.get("data") or {}
+                raise ValueError(
+                    f"{self.path} was run on other data ({_data_text(was)}) than is loaded now "
+                    f"({_data_text(now)}): point WSJAX_DATA_DIR or --data-dir at the data it "
+                    f"was run on, or choose another --out directory")
             if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config ({sorted(diff)} differ): "
                     f"resume it with the same flags, or choose another --out directory")
         write_json(path, new)
+
+
+def _data_text(data: Mapping) -> str:
+    return (f"{data.get('name')} train {data.get('train')} test {data.get('test')}, sha256 "
+            f"{str(data.get('sha256'))[:12]}")

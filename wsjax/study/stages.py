@@ -86,6 +86,12 @@ class Trained:
     result: StageResult
 
 
+def _finite(x) -> float | None:
+    """``x`` as a float, or None when it is not finite (a diverged seed's loss)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def _lists(tree) -> dict:
     return jax.tree.map(lambda v: np.asarray(v).tolist(), tree)
 
@@ -130,7 +136,8 @@ class Stages:
         return inputs
 
     def checkpointer(self, stage: str) -> Checkpointer:
-        """The checkpoints of one stage (the latest two are kept)."""
+        """The checkpoints of one stage: the latest two while it trains (the older is the
+        fallback when the newer is damaged), its last one when it has finished."""
         return Checkpointer(self.run.checkpoints / stage, max_to_keep=2)
 
     def drop(self, stage: str) -> None:
@@ -143,11 +150,12 @@ class Stages:
         evals = {k: self.engine.evaluate(states, *v) for k, v in self.data.eval_sets.items()}
         rows = []
         for r, seed in enumerate(self.seeds):
-            scores = {f"{k}_{m}": float(v[m][r]) for k, v in evals.items() for m in ("acc", "loss")}
+            scores = {f"{k}_{m}": _finite(v[m][r]) for k, v in evals.items()
+                      for m in ("acc", "loss")}
             rows.append(SeedRow(seed=seed, epochs=progress.epochs[r],
                                 seconds=progress.seconds[r], stop_reason=progress.stop_reason[r],
                                 train_acc=progress.history[progress.epochs[r] - 1]["train_acc"][r],
-                                **scores))
+                                diverged_at=progress.diverged_at[r], **scores))
         return rows
 
     def train(self, stage: str, variables: dict, idx, *, opt_state=None,
@@ -166,11 +174,25 @@ class Stages:
         # it too; before training, which donates the states' buffers.
         start = _lists(watch(states)) if watch is not None else None
         ckpt, progress = self.checkpointer(stage), None
-        if ckpt.latest_step() is not None:
-            states, meta = ckpt.restore(states)
-            progress = FitProgress.from_dict(meta["progress"])
-            self.progress.note(f"[{stage}] resumed at epoch {progress.epoch}"
-                               + (" (finished)" if progress.finished else ""))
+        try:
+            if ckpt.latest_step() is not None:
+                states, meta = ckpt.restore(states)
+                progress = FitProgress.from_dict(meta["progress"])
+                self.progress.note(f"[{stage}] resumed at epoch {progress.epoch}"
+                                   + (" (finished)" if progress.finished else ""))
+            # Epochs logged after the checkpoint resumed from are trained (and logged) again.
+            self.run.metrics.rewind(stage, progress.epoch if progress is not None else 0)
+            states, progress = self._fit(stage, ckpt, states, progress, idx, watch, on_epoch)
+        finally:
+            ckpt.close()  # also on an error or Ctrl-C: a started save is finished, not torn
+        result = StageResult(seeds=self.rows(states, progress))
+        if watch is not None:
+            result.history, result.start = progress.history, start
+        return Trained(states, progress, result)
+
+    def _fit(self, stage, ckpt, states, progress, idx, watch, on_epoch):
+        """The training part of ``train``: epochs from ``progress`` on, each logged and
+        checkpointed; a finished stage keeps only its last checkpoint."""
 
         def record(states, progress):
             h = progress.history[-1]
@@ -182,6 +204,8 @@ class Stages:
                                    active=progress.active)
             if progress.finished or progress.epoch % self.checkpoint_every == 0:
                 ckpt.save(progress.epoch, states, {"progress": progress.to_dict()})
+            if progress.finished:
+                ckpt.keep_only(progress.epoch)
             if on_epoch is not None:
                 on_epoch(states, progress)
 
@@ -189,8 +213,4 @@ class Stages:
             states, progress = self.engine.fit(
                 states, self.stage_keys(stage, KeyUse.TRAIN), self.data.x, self.data.y, idx,
                 self.stop, capacity=self.capacity, progress=progress, on_epoch=record)
-        ckpt.close()
-        result = StageResult(seeds=self.rows(states, progress))
-        if watch is not None:
-            result.history, result.start = progress.history, start
-        return Trained(states, progress, result)
+        return states, progress
