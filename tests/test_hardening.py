@@ -275,6 +275,25 @@ def test_a_run_that_never_started_takes_a_corrected_config(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"\['lr'\] differ"):
         RunDir(tmp_path).write_config({"lr": 0.3})
+    # A run whose training went to a sub-run's folder (shrink_only's models) has started too.
+    RunDir(tmp_path / "b").write_config({"lr": 0.1})
+    (tmp_path / "b" / "mlp" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"\['lr'\] differ"):
+        RunDir(tmp_path / "b").write_config({"lr": 0.3})
+
+
+def test_diverged_seeds_are_left_out_of_the_means():
+    from wsjax.study.records import SeedRow
+    from wsjax.study.stats import column, mean_se, paired_mean_se
+
+    def row(seed, acc, reason="threshold"):
+        return SeedRow(seed=seed, epochs=3, seconds=1.0, stop_reason=reason, train_acc=None,
+                       val_acc=acc)
+    a = [row(0, 0.5), row(1, 0.1, "diverged"), row(2, 0.7)]
+    b = [row(0, 0.4), row(1, 0.6), row(2, 0.6, "diverged")]
+    assert column(a, "val_acc") == [0.5, 0.7] and column(a, "train_acc") == []
+    assert paired_mean_se(a, b) == pytest.approx((10.0, 0.0))  # seed 0 only
+    assert all(math.isnan(v) for v in mean_se([]))
 
 
 def test_a_second_process_is_refused_and_a_dead_ones_lock_is_not(tmp_path):
@@ -422,6 +441,14 @@ def test_load_warm_start_reads_only_and_explains_stacked_seeds(tmp_path, mlp_sta
         load_warm_start(tmp_path / "study", target)
     one = load_warm_start(tmp_path / "study", target, replica=1)
     np.testing.assert_array_equal(one["params"]["head"]["kernel"],
+                                  states.params["head"]["kernel"][1])
+    # A damaged newest step: the warm start comes from the step before, with a warning.
+    with Checkpointer(tmp_path / "study") as ck:
+        ck.save(2, states.replace(params=jax.tree.map(lambda a: a + 1, states.params)))
+    _damage(tmp_path / "study" / "2", "truncate")
+    with pytest.warns(UserWarning, match="step 2"):
+        again = load_warm_start(tmp_path / "study", target, replica=1)
+    np.testing.assert_array_equal(again["params"]["head"]["kernel"],
                                   states.params["head"]["kernel"][1])
 
 

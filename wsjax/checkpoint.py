@@ -28,7 +28,6 @@ import os
 import signal
 import sys
 import threading
-import types
 import warnings
 import zlib
 from pathlib import Path
@@ -92,6 +91,8 @@ def _uninterrupted():
         return
     received = []
     previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    if previous is None:  # a handler installed outside Python: Python's own stands in
+        previous = signal.default_int_handler
     try:
         yield
     finally:
@@ -102,24 +103,31 @@ def _uninterrupted():
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@contextlib.contextmanager
-def _quiet_failed_reads():
+_ECHOES_SILENCED = False
+
+
+def _silence_read_echoes() -> None:
     """When a damaged file fails one of Orbax's parallel reads, the reads of the other chunks
-    are left to the garbage collector, which prints each one's TensorStore traceback
-    ("Exception ignored in: <coroutine ...>"). The failure itself is reported (as a
-    ``CheckpointError``); these echoes of it are collected here, silently."""
-    previous = sys.unraisablehook
+    are abandoned: the garbage collector prints each one's TensorStore traceback ("Exception
+    ignored in: <coroutine ...>") whenever it gets to them, and TensorStore's threads print
+    "Event loop is closed" when those reads finish after Orbax closed its event loop. The
+    failure itself is reported (a ``CheckpointError``, or a warning and a fallback); from the
+    first one on, these echoes of it are dropped. Other unraisable exceptions are shown."""
+    global _ECHOES_SILENCED
+    if not _ECHOES_SILENCED:
+        previous = sys.unraisablehook
 
-    def hook(unraisable):
-        if not isinstance(getattr(unraisable, "object", None), types.CoroutineType):
-            previous(unraisable)
+        def hook(unraisable):
+            code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+            echo = code is not None and "orbax" in code.co_filename
+            late = (isinstance(unraisable.exc_value, RuntimeError)
+                    and str(unraisable.exc_value) == "Event loop is closed")
+            if not (echo or late):
+                previous(unraisable)
 
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = previous
+        sys.unraisablehook = hook
+        _ECHOES_SILENCED = True
+    gc.collect()
 
 
 def _first_line(e: BaseException) -> str:
@@ -228,10 +236,10 @@ class Checkpointer:
         """Restores ``items`` (Orbax restore args) of ``step`` and checks each array item
         against the checksum saved with it; raises ``CheckpointError`` saying what is wrong."""
         try:
-            with _quiet_failed_reads():
-                out = self._manager.restore(step, args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore(), **items))
+            out = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore(), **items))
         except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for a damaged step
+            _silence_read_echoes()
             raise CheckpointError(f"step {step} cannot be read ({_first_line(e)})") from None
         saved = (out["meta"] or {}).get("checksums")
         for name in items:
@@ -286,6 +294,7 @@ class Checkpointer:
         try:
             meta = self._manager.item_metadata(step)
         except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for a damaged step
+            _silence_read_echoes()
             raise CheckpointError(f"step {step} of {self.directory} cannot be read "
                                   f"({_first_line(e)}); it is damaged or incomplete") from None
         out = {}
@@ -302,11 +311,14 @@ class Checkpointer:
                                   f"(missing or damaged params/ folder)")
         return out
 
-    def restore_weights(self, step: int | None = None, *, sharding=None) -> dict:
+    def restore_weights(self, step: int | None = None, *, sharding=None, check=None) -> dict:
         """``{'params', 'batch_stats'}`` of ``step`` (default: the newest intact step) as
-        saved, without the optimizer state."""
+        saved, without the optimizer state. ``check(shapes)`` runs on a step's saved shapes
+        (``weights_metadata``) before any of its arrays is read; what it raises propagates."""
         def restore_step(s):
             saved = self.weights_metadata(s)
+            if check is not None:
+                check(saved)
             items = {k: ocp.args.StandardRestore(_abstract(v, sharding))
                      for k, v in saved.items() if jax.tree.leaves(v)}
             out = self._restore_verified(s, items)
@@ -394,7 +406,7 @@ def load_warm_start(directory: str | os.PathLike, target: dict, *, step: int | N
     exist raises ``FileNotFoundError`` and is not created.
     """
     pick = (lambda tree: tree) if replica is None else (lambda tree: _replica(tree, replica))
+    check = lambda shapes: merge_weights(pick(shapes), target, fresh_layers=fresh_layers)
     with Checkpointer(directory, create=False) as ckpt:
-        merge_weights(pick(ckpt.weights_metadata(step)), target, fresh_layers=fresh_layers)
-        saved = pick(ckpt.restore_weights(step, sharding=sharding))
+        saved = pick(ckpt.restore_weights(step, sharding=sharding, check=check))
     return merge_weights(saved, target, fresh_layers=fresh_layers)

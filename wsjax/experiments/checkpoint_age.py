@@ -35,26 +35,24 @@ class CheckpointAgeConfig(Checked):
 def run(cfg: CheckpointAgeConfig) -> Run:
     """Runs Fig 4: the two-phase protocol without arms, round 1 snapshotted, then a warm start
     from every snapshot (stage ``from_epoch_<k>``)."""
-    if cfg.every < 1:
-        raise ValueError(f"--every={cfg.every} must be at least 1")
     run_ = setup(cfg, "checkpoint_age")
-    snapshots = Checkpointer(run_.run.path / "round1_snapshots")
+    # A context: on an error or Ctrl-C, a snapshot being written is finished, not torn.
+    with Checkpointer(run_.run.path / "round1_snapshots") as snapshots:
+        def snapshot(states, progress):
+            if progress.epoch % cfg.every == 0 or progress.finished:
+                snapshots.save(progress.epoch, states, {"active": progress.active})
 
-    def snapshot(states, progress):
-        if progress.epoch % cfg.every == 0 or progress.finished:
-            snapshots.save(progress.epoch, states, {"active": progress.active})
-
-    fit_idx = run_.data.fit_idx
-    outcome = run_two_phase(run_.stages, fit_idx=fit_idx, first_fraction=cfg.first_fraction,
-                            arms=[], round1_options={"on_epoch": snapshot})
-    results = two_phase_results(outcome)
-    arm = Arm("warm_start")
-    for k in snapshots.all_steps():
-        stage = f"from_epoch_{k:03d}"
-        source, _ = snapshots.restore(outcome.round1.states, k)
-        result = warm_round(run_.stages, arm, stage, source, fit_idx).result
-        results[stage] = dataclasses.replace(result, arm=arm, round1_epoch=k)
-    snapshots.close()
+        fit_idx = run_.data.fit_idx
+        outcome = run_two_phase(run_.stages, fit_idx=fit_idx, first_fraction=cfg.first_fraction,
+                                arms=[], round1_options={"on_epoch": snapshot})
+        results = two_phase_results(outcome)
+        arm = Arm("warm_start")
+        snapshots.wait()  # saves are asynchronous: every snapshot on disk before listing them
+        for k in snapshots.all_steps():
+            stage = f"from_epoch_{k:03d}"
+            source, _ = snapshots.restore(outcome.round1.states, k)
+            result = warm_round(run_.stages, arm, stage, source, fit_idx).result
+            results[stage] = dataclasses.replace(result, arm=arm, round1_epoch=k)
     return finish(run_, "two_phase", results, plot_checkpoint_age)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
 from wsjax.study import records
-from wsjax.study.stats import mean_se, paired_mean_se, value
+from wsjax.study.stats import mean_se, paired_differences
 
 # What to run when a script's evidence is missing.
 COMMANDS = {
@@ -112,8 +112,8 @@ class Table:
 
     def paired(self, claim, evidence, a_rows, b_rows, key="val_acc", scale=100.0, **kw):
         """``scale * (a - b)`` of ``key`` over the seeds both per-seed row lists have."""
-        n = len({value(r, "seed") for r in a_rows} & {value(r, "seed") for r in b_rows})
-        self.add(claim, evidence, paired_mean_se(a_rows, b_rows, key, scale), n, **kw)
+        differences = paired_differences(a_rows, b_rows, key, scale)
+        self.add(claim, evidence, mean_se(differences), len(differences), **kw)
 
     def gap(self, claim, evidence, res, a="random_init", b="warm_start", sign=1,
             tol=CLOSED_PP):
@@ -200,7 +200,8 @@ def _curves(t: Table, name: str, rec: records.Run):
           name, res)
     # The running train accuracy of the last 5 epochs: the last epoch's train loss alone is
     # near 0 and spiky (Adam), so a ratio of losses says nothing.
-    fit = {a: 100 * np.mean([h["train_acc"] for h in res[a].history[-5:]], axis=0)
+    fit = {a: 100 * np.nanmean(np.array([h["train_acc"] for h in res[a].history[-5:]],
+                                        dtype=float), axis=0)  # None (diverged) -> NaN
            for a in ("random_init", "warm_start")}
     t.mean("... with a similar fit of the training data (warm - random, train acc of the last "
            "5 epochs)", name, fit["warm_start"] - fit["random_init"], sign=0,

@@ -28,7 +28,7 @@ from wsjax.objectives import Objective
 from wsjax.optim import OPTIMIZERS, make_optimizer
 from wsjax.parallel import choose_parallel
 from wsjax.study import records
-from wsjax.study.runlog import Progress, RunDir, TensorBoardSink, jsonable
+from wsjax.study.runlog import Progress, RunDir, TensorBoardSink, close_all, jsonable
 from wsjax.study.stages import Stages, StudyData
 from wsjax.train import StopRule, has_conv
 from wsjax.warmstart import shrink_perturb_every_step
@@ -391,6 +391,7 @@ def main_guard(main: Callable, argv=None) -> None:
         record = main(argv)
     except KeyboardInterrupt:
         print("\ninterrupted; resume with the same command", file=sys.stderr)
+        close_all()  # metric sinks flushed, locks released
         sys.stdout.flush()
         sys.stderr.flush()
         # Checkpoints are already closed (their writes finish before Ctrl-C is let through);

@@ -21,7 +21,7 @@ from wsjax.optim import OPTIMIZERS
 from wsjax.study import records
 from wsjax.study.records import ArmSummary, Table1, Table1Row
 from wsjax.study.runlog import RunDir
-from wsjax.study.stats import column, mean_se, paired_mean_se
+from wsjax.study.stats import column, counted, mean_se, paired_mean_se
 
 # The paper's Table 1 (validation accuracy %, random init / warm start).
 PAPER = {
@@ -54,12 +54,13 @@ def cell_row(dataset: str, model: str, opt: str, results: dict) -> Table1Row:
     arms = {}
     for arm in ("random_init", "warm_start"):
         seeds = results[arm].seeds
+        kept = [s for s in seeds if counted(s)]  # diverged seeds are counted apart
         arms[arm] = ArmSummary(
-            val_acc=list(mean_se(column(seeds, "val_acc", 100))),
-            test_acc=list(mean_se(column(seeds, "test_acc", 100))),
+            val_acc=list(mean_se(column(kept, "val_acc", 100))),
+            test_acc=list(mean_se(column(kept, "test_acc", 100))),
             seconds=list(mean_se([s.total_seconds if s.total_seconds is not None
-                                  else s.seconds for s in seeds])),
-            n=len(seeds), diverged=sum(s.stop_reason == "diverged" for s in seeds))
+                                  else s.seconds for s in kept])),
+            n=len(kept), diverged=len(seeds) - len(kept))
     paper = PAPER.get((dataset, model, opt))
     return Table1Row(dataset, model, opt, list(paper) if paper else None, arms["random_init"],
                      arms["warm_start"], list(paired_mean_se(results["random_init"].seeds,

@@ -119,7 +119,8 @@ def print_table(results: dict) -> None:
         total = lambda key, d: fmt(f"total_{key}", 1, d) if s[0].total_epochs is not None \
             else fmt(key, 1, d)
         diverged = sum(row.stop_reason == "diverged" for row in s)
-        name = f"{arm} ({diverged} diverged)" if diverged else arm
+        # Diverged seeds are left out of the means (wsjax.study.stats): say how many.
+        name = f"{arm} ({diverged} diverged, not in the means)" if diverged else arm
         print(" | ".join([name, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
                           total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1)]))
 

@@ -200,7 +200,7 @@ class Cells:
 @dataclasses.dataclass
 class ArmSummary:
     """An arm of a Table 1 cell: ``[mean, SE]`` of val and test accuracy (%) and seconds over
-    its ``n`` seeds, of which ``diverged`` diverged (None: not recorded)."""
+    its ``n`` seeds that did not diverge; ``diverged`` more did (None: not recorded)."""
 
     val_acc: list[float]
     test_acc: list[float]

@@ -171,20 +171,24 @@ class RunDirError(ValueError):
     """A run directory that cannot be used: not a writable folder, or in use by another run."""
 
 
-# Run directories this process holds locked: path -> open lock file.
-_LOCKS: dict = {}
+# The run directories this process has open: path -> RunDir.
+_OPEN: dict = {}
+
+
+def close_all() -> None:
+    """Closes every run directory this process has open (sinks flushed, locks released): for
+    a process about to exit without its usual teardown."""
+    for run in list(_OPEN.values()):
+        run.close()
 
 
 def _lock(path: Path):
     """Locks ``path/.lock`` for this process (released when it exits, however it exits) and
-    writes who holds it; raises ``RunDirError`` naming the holder when another process does.
-    The same process locking again (a notebook re-running a cell) takes the lock over."""
+    writes who holds it; raises ``RunDirError`` naming the holder when another process does."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    if path in _LOCKS:
-        _LOCKS.pop(path).close()
     handle = open(path / ".lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,19 +203,21 @@ def _lock(path: Path):
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})\n")
     handle.flush()
-    _LOCKS[path] = handle
     return handle
 
 
 class RunDir:
     """The files of one run in ``path`` (created if needed), locked for this process until
     ``close``. Raises ``RunDirError`` when ``path`` cannot be a run directory (a file, below a
-    file, not writable) or another process holds it."""
+    file, not writable) or another process holds it. Opening a directory this process already
+    has open (a notebook re-running a cell) closes the earlier one and takes over."""
 
     def __init__(self, path: str | os.PathLike, sinks: Sequence = ()):
         self.path = Path(path).expanduser().resolve()
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--out {path} is a file, not a folder: choose another --out")
+        if self.path in _OPEN:
+            _OPEN[self.path].close()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.path)
@@ -219,6 +225,7 @@ class RunDir:
             raise RunDirError(f"--out {path} cannot be a run directory ({e.strerror or e}): "
                               f"choose a folder you can write to") from None
         self.metrics = MetricWriter(self.path / "metrics.jsonl", sinks)
+        _OPEN[self.path] = self
 
     @property
     def checkpoints(self) -> Path:
@@ -232,15 +239,20 @@ class RunDir:
 
     @property
     def started(self) -> bool:
-        """Whether the run has trained or written anything beyond its config."""
-        return any(p.exists() for p in (self.checkpoints, self.metrics.path, self.results_path))
+        """Whether the run has written anything beyond its config (checkpoints, metrics,
+        results, or a sub-run's folder)."""
+        own = {"config.json", "config.json.tmp", ".lock"}
+        return any(p.name not in own for p in self.path.iterdir())
 
     def close(self) -> None:
-        """Closes the metric sinks and releases the directory's lock."""
+        """Closes the metric sinks and releases the directory's lock (once)."""
+        if _OPEN.get(self.path) is not self:
+            return
+        del _OPEN[self.path]
         self.metrics.close()
-        if self._lock is not None and _LOCKS.get(self.path) is self._lock:
-            _LOCKS.pop(self.path).close()
-        self._lock = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def write_config(self, config: Mapping, may_change: Sequence[str] = (),
                      defaults: Mapping | None = None, migrate=None) -> None:
