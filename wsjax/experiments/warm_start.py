@@ -114,8 +114,10 @@ def print_table(results: dict) -> None:
     print(" | ".join(cols))
     for arm, r in results.items():
         s = r.seeds
-        fmt = lambda key, scale=1.0, digits=2: "{:.{d}f} ± {:.{d}f}".format(
-            *mean_se(column(s, key, scale)), d=digits)
+
+        def fmt(key, scale=1.0, digits=2):
+            values = column(s, key, scale)
+            return "{:.{d}f} ± {:.{d}f}".format(*mean_se(values), d=digits) if values else "-"
         total = lambda key, d: fmt(f"total_{key}", 1, d) if s[0].total_epochs is not None \
             else fmt(key, 1, d)
         diverged = sum(row.stop_reason == "diverged" for row in s)
