@@ -113,3 +113,18 @@ def test_progress_line_bar_and_off():
     assert out["off"] == ""
     with pytest.raises(ValueError, match="progress='loud'"):
         Progress("loud")
+
+
+def test_a_run_under_the_old_stop_rule_is_not_resumed_under_the_new_one(tmp_path):
+    from wsjax.experiments.common import record_config
+    from wsjax.study.records import migrate_config
+
+    new = record_config(TwoPhaseConfig(), "warm_start")
+    old = {k: v for k, v in new.items() if k != "plateau_min_epochs"}  # plateau_window None
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "metrics.jsonl").write_text("")
+    # Then, an MLP's unset window meant a 3-epoch plateau: resuming needs those flags.
+    with pytest.raises(ValueError, match=r"\['plateau_min_epochs', 'plateau_window'\] differ"):
+        RunDir(tmp_path).write_config(new, defaults=new, migrate=migrate_config)
+    RunDir(tmp_path).write_config({**new, "plateau_window": 3, "plateau_min_epochs": 0},
+                                  defaults=new, migrate=migrate_config)

@@ -255,3 +255,23 @@ def test_engine_replace_keeps_the_other_decisions(setup):
     assert (other.batch_size, other.eval_batch_size, other.input_shape) == (16, 32, (8, 8, 3))
     with pytest.raises(ValueError, match="no option"):
         engine.replace(batchsize=16)
+
+
+def test_the_plateau_fallback_cannot_stop_a_warm_start_in_its_first_epochs():
+    """A warm start's first epochs may be flat: the fallback waits ``plateau_min_epochs``."""
+    rule = StopRule(threshold=0.99, max_epochs=100, plateau_window=5, plateau_min_epochs=20)
+    flat = [0.60] * 19
+    assert rule.reason(flat) is None
+    assert rule.reason(flat + [0.60]) == "plateau"
+    climbing = [0.60 + 0.003 * e for e in range(40)]  # slow but steady: not a plateau
+    assert rule.reason(climbing) is None
+    # The official rule is the default: no plateau, however flat.
+    assert StopRule(max_epochs=100).reason([0.6] * 99) is None
+
+
+def test_the_flags_default_to_the_official_stop_rule():
+    from wsjax.experiments.common import StopConfig, stop_rule
+
+    assert stop_rule(StopConfig()) == StopRule(0.99, 350, None, 0.002, 20)
+    assert stop_rule(StopConfig(plateau_window=5)).plateau_min_epochs == 20
+    assert stop_rule(StopConfig(plateau_window=0)).plateau_window is None

@@ -4,7 +4,8 @@
 - ``make_train_step(model, tx, preprocess)`` -> ``step(state, batch, key) -> (state, metrics)``:
   pure, one replica, one batch of uint8 images with a validity mask (the last batch of an epoch
   is partial, as in PyTorch with ``drop_last=False``); metrics are sums, so epochs add up.
-- ``StopRule`` (the study's 99% running-accuracy rule, a plateau fallback, an epoch cap),
+- ``StopRule`` (the study's 99% running-accuracy rule and epoch cap, an opt-in plateau
+  fallback),
   ``DivergenceGuard`` (when a replica's training has blown up) and ``FitProgress`` (where a
   run of epochs stands: everything needed to resume it).
 - ``replica_keys``, ``pad_indices`` and the loop choice (``default_loop``) for many seeds at
@@ -230,19 +231,22 @@ def _is_int(x) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class StopRule:
-    """When a replica stops training (the study's rule).
+    """When a replica stops training (the official rule by default).
 
     Stops at the first epoch whose *running* train accuracy (accumulated over the epoch's
-    batches as they were trained) reaches ``threshold`` (0.99; above 1 never); or, with ``plateau_window``
-    set, when the standard deviation of the last ``plateau_window`` epochs' train accuracy is
-    below ``plateau_std`` (the reproduction's rule for models that cannot reach 99%: 3 epochs,
-    0.002); or at ``max_epochs``.
+    batches as they were trained) reaches ``threshold`` (0.99; above 1 never), or at
+    ``max_epochs``: the official code's rule. A fallback for models that cannot reach 99%
+    within the cap, off unless ``plateau_window`` is set: stop when the standard deviation of
+    the last ``plateau_window`` epochs' train accuracy is below ``plateau_std``, but never
+    before ``plateau_min_epochs`` epochs of the round, so it cannot fire while a warm start's
+    first epochs are still flat or climbing slowly.
     """
 
     threshold: float = 0.99
     max_epochs: int = 350
     plateau_window: int | None = None
     plateau_std: float = 0.002
+    plateau_min_epochs: int = 0
 
     def __post_init__(self):
         if not (_is_number(self.threshold) and self.threshold > 0.0):
@@ -257,14 +261,19 @@ class StopRule:
         if not (_is_number(self.plateau_std) and self.plateau_std > 0):
             raise ValueError(f"StopRule(plateau_std={self.plateau_std!r}): must be a positive "
                              f"number")
+        if not (_is_int(self.plateau_min_epochs) and self.plateau_min_epochs >= 0):
+            raise ValueError(f"StopRule(plateau_min_epochs={self.plateau_min_epochs!r}): must "
+                             f"be an integer >= 0")
 
     def reason(self, train_acc_history) -> str | None:
-        """Why a replica with this history of train accuracies stops now, or None."""
+        """Why a replica with this history of train accuracies (one per epoch of the round)
+        stops now, or None."""
         h = list(train_acc_history)
         if h and h[-1] >= self.threshold:
             return "threshold"
         w = self.plateau_window
-        if w is not None and len(h) >= w and float(np.std(h[-w:])) < self.plateau_std:
+        if (w is not None and len(h) >= max(w, self.plateau_min_epochs)
+                and float(np.std(h[-w:])) < self.plateau_std):
             return "plateau"
         if len(h) >= self.max_epochs:
             return "max_epochs"

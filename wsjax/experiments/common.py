@@ -104,10 +104,14 @@ class StopConfig(Checked):
                               check=POSITIVE)
     max_epochs: int = option(350, "epoch cap of a round", check=COUNT)
     plateau_window: int | None = option(
-        None, "also stop when train acc's std over this many epochs < --plateau-std "
-        "(when not given: 3 for logreg/mlp, off for ResNets; 0 turns it off)",
+        None, "a fallback for models that cannot reach --threshold within --max-epochs: also "
+        "stop when train acc's std over this many epochs < --plateau-std (off when not given "
+        "or 0: the official rule)",
         check=Rule(lambda v: v == 0 or COUNT.test(v) and v >= 2, "0 (off) or an integer >= 2"))
     plateau_std: float = option(0.002, "see --plateau-window", check=POSITIVE)
+    plateau_min_epochs: int = option(20, "the plateau fallback never stops a round before this "
+                                     "many epochs (a warm start's first epochs may be flat)",
+                                     check=INDEX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,13 +235,11 @@ def build_model(cfg: ModelConfig, num_classes: int):
     return create_model(cfg.model, num_classes, **overrides)
 
 
-def stop_rule(cfg: StopConfig, model: str) -> StopRule:
-    """The stop rule of the flags; the plateau window defaults to 3 for models that cannot
-    reach 99% (logistic regression, MLP) and to off for ResNets."""
-    window = cfg.plateau_window
-    if window is None:
-        window = None if model.startswith("resnet") else 3
-    return StopRule(cfg.threshold, cfg.max_epochs, window or None, cfg.plateau_std)
+def stop_rule(cfg: StopConfig) -> StopRule:
+    """The stop rule of the flags: the official 99% rule with its epoch cap, and the plateau
+    fallback only when ``--plateau-window`` asks for it (for every model alike)."""
+    return StopRule(cfg.threshold, cfg.max_epochs, cfg.plateau_window or None, cfg.plateau_std,
+                    cfg.plateau_min_epochs)
 
 
 def describe(cfg: StudyConfig, dataset: str, num_seeds: int) -> str:
@@ -255,7 +257,7 @@ def open_run(path, cfg, script: str, *, may_change=(), seeds=(), data: dict | No
     config = {**record_config(cfg, script), "data": data}
     run.write_config(config, (*may_change, *RUN_ONLY),
                      {**record_config(type(cfg)(), script), "data": data},
-                     migrate=records.migrate_config_v1)
+                     migrate=records.migrate_config)
     if cfg.study.run.tensorboard:  # after the checks: a refused run leaves no event file
         run.metrics.sinks.append(TensorBoardSink(run.path / "tensorboard", seeds))
     return run
@@ -312,7 +314,7 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     # Only now, with every value checked: a run refused above leaves no config behind.
     data_id = wdata.fingerprint(ds)
     run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds, data=data_id)
-    stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop, s.model.model),
+    stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop),
                     checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
     print(f"{ds.name}: {len(data.fit_idx)} fitted / {len(data.val_idx)} validation / "
           f"{len(ds.x_test)} test; model {s.model.model}; {s.optim.optimizer} lr {s.optim.lr} "

@@ -52,7 +52,7 @@ def run(cfg: ShrinkOnlyConfig) -> Run:
                             run_.data.num_classes).clone(**overrides)
         engine = run_.engine.replace(model=model)
         stages = Stages(engine, RunDir(run_.run.path / name), run_.data, seeds=run_.seeds,
-                        stop=stop_rule(s.stop, base), checkpoint_every=s.run.checkpoint_every,
+                        stop=stop_rule(s.stop), checkpoint_every=s.run.checkpoint_every,
                         progress=run_.stages.progress)
         trained = stages.train("train", stages.fresh("train"), run_.data.fit_idx)
         curve = []

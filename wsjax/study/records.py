@@ -453,6 +453,21 @@ def migrate_config_v1(config: dict) -> dict:
     return config
 
 
+def migrate_config(config: dict) -> dict:
+    """A saved run config of any earlier wsjax as this one writes it (``migrate_config_v1``,
+    then the stop rule): before ``plateau_min_epochs`` existed, a plateau window left unset
+    meant 3 epochs for every model but the ResNets, from the first epoch on. Written out, a
+    resume with today's defaults (the official rule) is refused as a different config rather
+    than silently switching rules half way."""
+    config = migrate_config_v1(config)
+    if "plateau_window" in config and "plateau_min_epochs" not in config:
+        if config["plateau_window"] is None and not str(config.get("model")).startswith(
+                "resnet"):
+            config["plateau_window"] = 3
+        config["plateau_min_epochs"] = 0
+    return config
+
+
 def migrate_v1(data: dict) -> dict:
     """Version-1 data (``results.json`` as written before the records) in version 2."""
     script = str(data.get("script", "")).removeprefix("experiments.").split(" ")[0]
