@@ -19,6 +19,7 @@ regularization, sweep (Fig 3), sp_every_step and bn_stats call ``run`` with thei
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import jax
@@ -108,9 +109,9 @@ def make_watch(engine, data, *, curves: bool, bn_probe: bool):
 
 
 def print_table(results: dict) -> None:
-    """The arms' mean ± SE accuracies, epochs and seconds."""
+    """The arms' mean ± SE accuracies, epochs and seconds, and why their seeds stopped."""
     cols = ("arm", "val acc %", "test acc %", "epochs", "total epochs", "seconds",
-            "total seconds")
+            "total seconds", "stop reasons")
     print(" | ".join(cols))
     for arm, r in results.items():
         s = r.seeds
@@ -123,8 +124,11 @@ def print_table(results: dict) -> None:
         diverged = sum(row.stop_reason == "diverged" for row in s)
         # Diverged seeds are left out of the means (wsjax.study.stats): say how many.
         name = f"{arm} ({diverged} diverged, not in the means)" if diverged else arm
+        reasons = collections.Counter(row.stop_reason for row in s)
+        stops = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
         print(" | ".join([name, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
-                          total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1)]))
+                          total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1),
+                          stops]))
 
 
 def run(cfg: TwoPhaseConfig, *, script: str = "warm_start", plot=plot_two_phase) -> Run:
