@@ -130,6 +130,11 @@ def _silence_read_echoes() -> None:
     gc.collect()
 
 
+def _callers(meta: dict) -> dict:
+    """A step's metadata as its caller saved it (without the checksums ``save`` adds)."""
+    return {k: v for k, v in (meta or {}).items() if k != "checksums"}
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().split(" See full TensorStore details")[0].splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
@@ -225,9 +230,8 @@ class Checkpointer:
         """The JSON metadata of ``step`` (default: the latest), as given to ``save``."""
         step = self._step(step)
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
-            return {k: v for k, v in meta.items() if k != "checksums"}
+            return _callers(self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"])
         except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for a damaged step
             raise CheckpointError(f"step {step} of {self.directory} has no readable metadata "
                                   f"({_first_line(e)}); it is damaged or incomplete") from None
@@ -286,7 +290,7 @@ class Checkpointer:
             batch_stats=out["batch_stats"] if has_bn else template.batch_stats,
             opt_state=serialization.from_state_dict(template.opt_state,
                                                     out["train"]["opt_state"]))
-        return state, {k: v for k, v in out["meta"].items() if k != "checksums"}
+        return state, _callers(out["meta"])
 
     def weights_metadata(self, step: int | None = None) -> dict:
         """``{'params': tree, 'batch_stats': tree}`` of saved shapes (as ShapeDtypeStructs)."""

@@ -99,13 +99,18 @@ def verdict(effect: tuple[float, float], n: int, test: str = "greater", tol: flo
             f"refuted (beyond ±{tol:g})" if lo > tol or hi < -tol else "inconclusive")
 
 
-def small_scale(record) -> str | None:
-    """Why a run's evidence gets no verdict (a quick run, synthetic data), or None."""
-    config = getattr(record, "config", None) or {}
-    if config.get("quick"):
-        return "quick run"
-    if str(config.get("dataset", "")).startswith("synthetic"):
-        return "synthetic data"
+def small_scale(*runs) -> str | None:
+    """Why the evidence of ``runs`` (records; a sweep's cells count) gets no verdict (a quick
+    run, synthetic data), or None."""
+    for record in runs:
+        config = getattr(record, "config", None) or {}
+        if config.get("quick"):
+            return "quick run"
+        if str(config.get("dataset", "")).startswith("synthetic"):
+            return "synthetic data"
+        cells = small_scale(*getattr(record, "cells", {}).values())
+        if cells:
+            return cells
     return None
 
 
@@ -395,16 +400,14 @@ def claims(root: Path, runs=None) -> list[dict]:
     for name, rec in found:
         if rec.script == "table1":
             cells = _records(Path(root) / name)
-            t.scale = next(filter(None, (small_scale(r) for _, r in cells)), None)
+            t.scale = small_scale(*(r for _, r in cells))
             _table1(t, name, cells)
         elif rec.script in SINGLE:
-            t.scale = small_scale(rec) or next(filter(None, (
-                small_scale(c) for c in getattr(rec, "cells", {}).values())), None)
+            t.scale = small_scale(rec)
             SINGLE[rec.script](t, name, rec)
     bn = [(n, r) for n, r in found if r.script == "bn_stats"]
     if bn:
-        t.scale = next(filter(None, (small_scale(c) for _, r in bn
-                                     for c in r.cells.values())), None)
+        t.scale = small_scale(*(r for _, r in bn))
         _bn_stats(t, bn)
     for script, command in COMMANDS.items():
         if runs is None and script not in seen:

@@ -223,9 +223,7 @@ def check_sizes(cfg: StudyConfig, ds: wdata.Dataset) -> None:
 
 
 def seeds_of(cfg: TrainConfig) -> np.ndarray:
-    """The seeds named by ``--seeds``/``--seed-offset``."""
-    if cfg.seeds < 1:
-        raise ValueError(f"--seeds={cfg.seeds} must be at least 1")
+    """The seeds named by ``--seeds``/``--seed-offset`` (checked by ``TrainConfig``)."""
     return np.arange(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
 
 

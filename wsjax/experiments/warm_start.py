@@ -121,10 +121,10 @@ def print_table(results: dict) -> None:
             return "{:.{d}f} ± {:.{d}f}".format(*mean_se(values), d=digits) if values else "-"
         total = lambda key, d: fmt(f"total_{key}", 1, d) if s[0].total_epochs is not None \
             else fmt(key, 1, d)
-        diverged = sum(row.stop_reason == "diverged" for row in s)
-        # Diverged seeds are left out of the means (wsjax.study.stats): say how many.
-        name = f"{arm} ({diverged} diverged, not in the means)" if diverged else arm
         reasons = collections.Counter(row.stop_reason for row in s)
+        # Diverged seeds are left out of the means (wsjax.study.stats): say how many.
+        diverged = reasons["diverged"]
+        name = f"{arm} ({diverged} diverged, not in the means)" if diverged else arm
         stops = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
         print(" | ".join([name, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
                           total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1),

@@ -379,9 +379,9 @@ def divergences(record) -> list[str]:
         line = f"{stage}: seed {row.seed} diverged{when}"
         if line not in lines:
             lines.append(line)
-    for row in getattr(record, "rows", None) or []:  # a Table 1 summary: its cells' counts
+    for row in record.rows if isinstance(record, Table1) else []:  # its cells' counts
         for arm in ("random_init", "warm_start"):
-            if isinstance(row, Table1Row) and getattr(row, arm).diverged:
+            if getattr(row, arm).diverged:
                 lines.append(f"{row.dataset}_{row.model}_{row.optimizer} {arm}: "
                              f"{getattr(row, arm).diverged} seed(s) diverged (see the cell's "
                              f"results.json)")
