@@ -26,4 +26,5 @@ COMMANDS = {
     "redraw": "every figure again from saved results, no training",
     "fast_trainer": "the fast CIFAR-10 trainer: timed runs, airbench, ablations, warm start",
     "bench_epoch": "epoch time of the engine vs a plain per-step loop",
+    "gpu_suite": "one command for a GPU draw: engine, PyTorch loop, airbench, Table 1 ResNet",
 }

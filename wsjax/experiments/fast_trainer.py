@@ -239,6 +239,14 @@ def mode_airbench(recipe: Recipe, ds, data, cfg: FastTrainerConfig) -> tuple[dic
     if ds.x_train.shape[1:] != (32, 32, 3) or len(ds.x_train) != 50_000 or cfg.train_subset:
         raise ValueError("--mode airbench compares on the whole CIFAR-10 (50,000 32x32 training "
                          "images): drop --train-subset and --quick, use --dataset cifar10")
+    return compare_airbench(recipe, ds, data, cfg.runs)
+
+
+def compare_airbench(recipe: Recipe, ds, data, runs: int,
+                     deadline: float = float("inf")) -> tuple[dict, dict]:
+    """``runs`` alternating timed runs of airbench94 and ``recipe`` (fewer, at least one each,
+    when ``deadline``, a ``time.perf_counter`` value, passes); their summaries and the
+    comparison. Raises ``ValueError`` naming what is missing (torch, CUDA, airbench)."""
     try:
         import torch
     except ImportError:
@@ -258,7 +266,10 @@ def mode_airbench(recipe: Recipe, ds, data, cfg: FastTrainerConfig) -> tuple[dic
     with contextlib.redirect_stdout(io.StringIO()):
         airbench.warmup94()
     ours, theirs = [], []
-    for i in range(cfg.runs):
+    for i in range(runs):
+        if i and time.perf_counter() > deadline:
+            print(f"time budget reached after {i} runs of each")
+            break
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             airbench.train94()
