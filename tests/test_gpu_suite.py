@@ -23,15 +23,16 @@ def test_tiny_suite_runs_every_step_and_records_it(tmp_path):
 
     rows = steps["engine"]["value"]["rows"]
     seen = {(r["model"], r["seeds"], r["layout"]) for r in rows}
-    assert {("mlp", 1, "vmap"), ("mlp", 2, "vmap"), ("resnet18_narrow", 1, "vmap"),
-            ("resnet18_narrow", 1, "batch-parallel")} <= seen
+    assert {("mlp", 1, "vmap"), ("mlp", 2, "vmap"), ("mlp", 1, "batch-parallel")} <= seen
     for r in rows:
         assert r["timed"] >= 1 and r["epoch_s"] > 0 and r["compile_s"] >= 0
         assert r["seed_epoch_s"] == pytest.approx(r["epoch_s"] / r["seeds"])
 
     assert steps["fast_trainer"]["value"]["wsjax"]["runs"] >= 1
     table1 = steps["table1"]["value"]
-    assert table1["returncode"] in (0, 130)
+    # Finished (0), or interrupted at the budget: by main_guard (130) or, when the signal
+    # came as the run was exiting, by the signal itself (-2).
+    assert table1["returncode"] in (0, 130, -2)
     assert table1["stages"] and all(s["epoch"] >= 1 for s in table1["stages"].values())
     if "skipped" not in steps["torch"]["value"]:
         assert steps["torch"]["value"]["speedup"]
