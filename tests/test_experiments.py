@@ -118,8 +118,11 @@ def test_online_rounds_resume_and_active_selection(results):
                              str(results / "active")])
     book = json.loads((results / "active" / "online.json").read_text())
     for arm in ("random_init", "warm_start"):
-        order = book["order"][arm]
-        assert len(order) == 160 and len(set(order)) == 160
+        # A split per seed: each seed's model selects from its own pool.
+        orders = book["order"][arm]
+        assert len(orders) == 2 and orders[0] != orders[1]
+        for order in orders:
+            assert len(order) == 160 and len(set(order)) == 160
 
 
 def test_transfer_with_a_new_head(tmp_path):

@@ -47,8 +47,11 @@ def test_main_job_outputs(uninterrupted):
     assert results["results"]["sp_0.5"]["arm"]["shrink"] == 0.5
     assert "val acc %" in stdout and "±" in stdout and "warm_start" in stdout
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert {json.loads(l)["stage"] for l in lines} == {"random_init", "round1",
+    # The shrink-perturb arm trains its own round 1 from its transformed init (official).
+    assert {json.loads(l)["stage"] for l in lines} == {"random_init", "round1", "round1_sp_0.5",
                                                        "round2_warm_start", "round2_sp_0.5"}
+    assert results["results"]["sp_0.5"]["own_round1"] is True
+    assert results["results"]["warm_start"]["own_round1"] is False
     assert (out / "two_phase.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["seeds"] == 2
     # Provenance: how the run was made (synthetic data has no data directory).

@@ -289,6 +289,22 @@ def study_split(num_examples: int, seed: int = 0, fit_fraction: float = 2 / 3):
     return np.sort(perm[:n_fit]).astype(np.int32), np.sort(perm[n_fit:]).astype(np.int32)
 
 
+def seed_splits(num_examples: int, seeds, split_seed: int = 0,
+                fit_fraction: float = 2 / 3) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's own ``study_split``, its fitted part in a random order (so first-fraction
+    subsets are random subsets): ``(fit_idx, val_idx)`` of shapes ``(len(seeds), n_fit)`` and
+    ``(len(seeds), n_val)``, row r drawn from ``(split_seed, seeds[r])`` alone (so a seed's
+    split does not depend on which other seeds run beside it).
+    """
+    fits, vals = [], []
+    for seed in seeds:
+        mixed = int(np.random.SeedSequence([split_seed, int(seed)]).generate_state(1)[0])
+        fit, val = study_split(num_examples, mixed, fit_fraction)
+        fits.append(shuffled(fit, mixed))
+        vals.append(val)
+    return np.stack(fits), np.stack(vals)
+
+
 def study_split_sizes(num_examples: int, fit_fraction: float = 2 / 3) -> tuple[int, int]:
     """``(fitted, validation)`` sizes of ``study_split``."""
     if not 0.0 < fit_fraction < 1.0:
@@ -308,7 +324,8 @@ def first_fraction(idx: np.ndarray, fraction: float) -> np.ndarray:
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
-    return np.asarray(idx)[: max(1, int(round(fraction * len(idx))))]
+    idx = np.asarray(idx)  # (n,), or (replicas, n): the first fraction of every row
+    return idx[..., : max(1, int(round(fraction * idx.shape[-1])))]
 
 
 def online_chunks(idx: np.ndarray, chunk: int) -> list[np.ndarray]:
@@ -317,8 +334,10 @@ def online_chunks(idx: np.ndarray, chunk: int) -> list[np.ndarray]:
     """
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive number of examples")
-    ends = list(range(chunk, len(idx), chunk)) + [len(idx)]
-    return [np.asarray(idx)[:e] for e in ends]
+    idx = np.asarray(idx)  # (n,), or (replicas, n): every row grows alike
+    n = idx.shape[-1]
+    ends = list(range(chunk, n, chunk)) + [n]
+    return [idx[..., :e] for e in ends]
 
 
 def padded_batches(idx, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

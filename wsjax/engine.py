@@ -140,16 +140,22 @@ class Engine:
         it) continues exactly as an uninterrupted one. ``idx`` (numpy) selects the training
         examples of ``x``/``y`` (device arrays); ``capacity`` pads it (``pad_indices``) so
         training sets of other sizes reuse the compiled epoch. ``on_epoch(states, progress)``
-        runs after every epoch. Per-replica ``seconds`` count the wall time of the epochs a
-        replica was active in (replicas share the program, so they share the time). A replica
+        runs after every epoch. ``idx`` of shape ``(R, n)`` gives each replica its own
+        examples (see ``make_epoch_fn``). Per-replica ``seconds`` count the wall time of the
+        epochs a replica was active in (replicas share the program, so they share the time);
+        compiling the epoch comes first, timed apart in ``progress.compile_seconds``. A replica
         whose step diverges (the engine's ``guard``) keeps its last finite state and stops with
         stop reason ``'diverged'`` (``progress.diverged_at`` says when); the others go on.
         """
         num_replicas = len(jax.tree.leaves(states)[0])
         progress = progress or FitProgress.start(num_replicas)
         padded, n = pad_indices(idx, capacity)
-        idx_dev = self.put(jnp.asarray(padded))
+        idx_dev = self._put_idx(padded)
         states = self.place(states)  # states made on one device (e.g. restored) join the mesh
+        if not progress.finished:  # compiled before the first epoch's timer starts
+            progress.compile_seconds += self.epoch.compile(
+                states, self.place(fold_in_replicas(keys, progress.epoch)),
+                self.place(jnp.asarray(progress.active)), x, y, idx_dev, n)
         while not progress.finished:
             epoch_keys = self.place(fold_in_replicas(keys, progress.epoch))
             active = self.place(jnp.asarray(progress.active))
@@ -197,23 +203,35 @@ class Engine:
     def _constrain(self, tree):
         return self.parallel.constrain_batch(tree) if self.parallel is not None else tree
 
-    def _pass(self, name: str, fn: Callable, reduce: str) -> Callable:
-        """Compiles (once per ``name``) ``run(replicas, ids, mask, x, y=None)``: ``fn(replica,
-        ids, mask, x, y)`` of one replica for one batch, applied to every replica (vmapped) and
-        every batch of the ``(num_batches, batch)`` arrays ``ids`` and ``mask``; its outputs
-        are summed over batches (``reduce='sum'``) or concatenated along the example axis
-        (``'concat'``)."""
-        if name in self._passes:
-            return self._passes[name]
+    def _put_idx(self, idx):
+        """Index arrays on the devices: shared ones replicated, per-replica ones (R, ...)
+        placed like the replicas."""
+        idx = jnp.asarray(idx)
+        return self.place(idx) if idx.ndim == 2 else self.put(idx)
+
+    def _pass(self, name: str, fn: Callable, reduce: str, per_replica_ids: bool = False
+              ) -> Callable:
+        """Compiles (once per ``name`` and index layout) ``run(replicas, ids, mask, x,
+        y=None)``: ``fn(replica, ids, mask, x, y)`` of one replica for one batch, applied to
+        every replica (vmapped) and every batch of the ``(num_batches, batch)`` arrays ``ids``
+        and ``mask`` (``(R, num_batches, batch)`` with ``per_replica_ids``: each replica its
+        own examples); its outputs are summed over batches (``reduce='sum'``) or concatenated
+        along the example axis (``'concat'``)."""
+        key = (name, per_replica_ids)
+        if key in self._passes:
+            return self._passes[key]
         add = lambda a, b: jax.tree.map(jnp.add, a, b)
-        vmapped = lambda f: jax.vmap(f, in_axes=(0, None, None, None, None),
+        axis = 0 if per_replica_ids else None
+        vmapped = lambda f: jax.vmap(f, in_axes=(0, axis, axis, None, None),
                                      spmd_axis_name=self._spmd)
 
         if self.loop == "host":
             one = jax.jit(vmapped(fn))
 
             def run(replicas, ids, mask, x, y=None):
-                outs = [one(replicas, ids[i], mask[i], x, y) for i in range(ids.shape[0])]
+                batch = (lambda a, i: a[:, i]) if per_replica_ids else (lambda a, i: a[i])
+                outs = [one(replicas, batch(ids, i), batch(mask, i), x, y)
+                        for i in range(ids.shape[-2])]
                 if reduce == "concat":
                     return jnp.concatenate(outs, axis=1)
                 total = outs[0]
@@ -233,12 +251,23 @@ class Engine:
             compiled = jax.jit(vmapped(per_replica))
             run = lambda replicas, ids, mask, x, y=None: compiled(replicas, ids, mask, x, y)
 
-        self._passes[name] = run
+        self._passes[key] = run
         return run
 
     def _batches(self, idx, batch_size: int):
-        ids, mask = padded_batches(np.asarray(idx), batch_size)
+        """``padded_batches`` of ``idx`` (each row of a per-replica ``(R, n)`` array)."""
+        idx = np.asarray(idx)
+        if idx.ndim == 2:
+            ids, mask = zip(*(padded_batches(row, batch_size) for row in idx))
+            return self._put_idx(np.stack(ids)), self._put_idx(np.stack(mask))
+        ids, mask = padded_batches(idx, batch_size)
         return jnp.asarray(ids), jnp.asarray(mask)
+
+    def _run_pass(self, name, fn, reduce, replicas, idx, batch_size, x, y=None):
+        """``fn`` over ``x[idx]`` in batches for every replica (see ``_pass``)."""
+        per_replica = np.ndim(idx) == 2
+        run = self._pass(name, fn, reduce, per_replica)
+        return run(replicas, *self._batches(idx, batch_size), x, y)
 
     def evaluate(self, states: TrainState, x, y, idx) -> dict[str, np.ndarray]:
         """Exact evaluation of every replica on ``x[idx]`` (every example counts once; the
@@ -249,8 +278,8 @@ class Engine:
                                       train=False)
             return metric_sums(logits, batch["label"], batch["mask"])
 
-        run = self._pass("evaluate", batch_sums, "sum")
-        return summarize(run(states, *self._batches(idx, self.eval_batch_size), x, y))
+        return summarize(self._run_pass("evaluate", batch_sums, "sum", states, idx,
+                                        self.eval_batch_size, x, y))
 
     def predict(self, states: TrainState, x, idx) -> jax.Array:
         """``(R, len(idx), C)``: each replica's softmax on ``x[idx]`` in inference mode."""
@@ -258,9 +287,8 @@ class Engine:
             return jax.nn.softmax(self.model.apply(state.variables, self._images(x, ids),
                                                    train=False))
 
-        out = self._pass("predict", probs, "concat")(
-            states, *self._batches(idx, self.eval_batch_size), x)
-        return out[:, : len(idx)]
+        out = self._run_pass("predict", probs, "concat", states, idx, self.eval_batch_size, x)
+        return out[:, : np.shape(idx)[-1]]
 
     def grad_norms(self, states: TrainState, x, y, idx, batch_size: int | None = None):
         """``(R,)``: for each replica, the mean over the whole batches of ``x[idx]`` (in
@@ -268,9 +296,10 @@ class Engine:
         batch's mean cross-entropy. BatchNorm uses batch statistics, as in training; the
         running averages are left alone."""
         batch_size = batch_size or self.batch_size
-        whole = len(idx) // batch_size
+        whole = np.shape(idx)[-1] // batch_size
         if whole == 0:
-            raise ValueError(f"need at least batch_size={batch_size} examples, got {len(idx)}")
+            raise ValueError(f"need at least batch_size={batch_size} examples, got "
+                             f"{np.shape(idx)[-1]}")
 
         def grad_norm(state, ids, mask, x, y):
             images, labels = self._images(x, ids), y[ids]
@@ -288,32 +317,32 @@ class Engine:
             grads = jax.tree.leaves(jax.grad(loss)(state.params))
             return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads))
 
-        idx = np.asarray(idx)[: whole * batch_size]
-        total = self._pass("grad_norms", grad_norm, "sum")(
-            states, *self._batches(idx, batch_size), x, y)
+        idx = np.asarray(idx)[..., : whole * batch_size]
+        total = self._run_pass("grad_norms", grad_norm, "sum", states, idx, batch_size, x, y)
         return total / whole
 
     def recompute_batch_stats(self, params, batch_stats, x, idx, key, num_batches: int = 20):
         """Every replica's BatchNorm running statistics recomputed, with its weights held
         fixed, as the mean of the batch statistics of up to ``num_batches`` training-size
         batches drawn from ``x[idx]`` without replacement by ``key`` (the same images for
-        every replica); see ``wsjax.warmstart.batch_statistics``. Models without BatchNorm
+        every replica; the same positions of each replica's row for a per-replica ``idx``); see ``wsjax.warmstart.batch_statistics``. Models without BatchNorm
         return ``batch_stats`` unchanged."""
         if not jax.tree.leaves(batch_stats):
             return batch_stats
         idx = np.asarray(idx)
-        num_batches = max(1, min(num_batches, len(idx) // self.batch_size))
-        size = min(len(idx), num_batches * self.batch_size)
-        pick = np.asarray(jax.random.choice(key, len(idx), (size,), replace=False))
+        available = idx.shape[-1]
+        num_batches = max(1, min(num_batches, available // self.batch_size))
+        size = min(available, num_batches * self.batch_size)
+        pick = np.asarray(jax.random.choice(key, available, (size,), replace=False))
         batch = min(self.batch_size, size)
-        ids = idx[pick[: (size // batch) * batch]]
+        ids = idx[..., pick[: (size // batch) * batch]]
 
         def stats_of(replica, ids, mask, x, _):
             return batch_statistics(self.model, *replica, self._images(x, ids))
 
-        total = self._pass("recompute_batch_stats", stats_of, "sum")(
-            (params, batch_stats), *self._batches(ids, batch), x)
-        return jax.tree.map(lambda s: s / (len(ids) // batch), total)
+        total = self._run_pass("recompute_batch_stats", stats_of, "sum",
+                               (params, batch_stats), ids, batch, x)
+        return jax.tree.map(lambda s: s / (ids.shape[-1] // batch), total)
 
 
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
@@ -328,6 +357,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     ``x[idx[:n]]`` in a fresh random order per replica, in ``ceil(n / batch_size)`` steps (the
     last partial). ``x``/``y`` are the whole uint8 training set and labels on the device;
     ``idx`` is padded to a fixed capacity (``pad_indices``) so a new ``n`` does not recompile.
+    ``idx`` of shape ``(capacity,)`` is every replica's; ``(R, capacity)`` gives each replica
+    its own examples (per-seed splits), ``n`` of them each.
     A replica whose ``active`` flag is off comes out unchanged. ``metrics`` are per-replica
     sums over the epoch's applied steps, and ``diverged``: the 1-based step at which ``guard``
     found a replica's step diverged (0: none); that step and every later one of the epoch are
@@ -382,21 +413,33 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         body = lambda i, c: train_batch(i, *c, order, step_key, active, x, y, idx, n)
         return jax.lax.fori_loop(0, (n + batch_size - 1) // batch_size, body, (state, zeros))
 
+    def idx_axis(idx):
+        """The vmapped axis of ``idx``: none when every replica shares it."""
+        return 0 if idx.ndim == 2 else None
+
     if loop == "device":
-        epoch = jax.vmap(one_replica, in_axes=(0, 0, 0, None, None, None, None),
-                         spmd_axis_name=spmd)
+        def epoch(states, keys, active, x, y, idx, n):
+            return jax.vmap(one_replica, in_axes=(0, 0, 0, None, None, idx_axis(idx), None),
+                            spmd_axis_name=spmd)(states, keys, active, x, y, idx, n)
         if not jit:
             return epoch
-        if parallel is None:
-            return jax.jit(epoch, donate_argnums=0)
-        s = parallel.state_sharding
-        return jax.jit(epoch, donate_argnums=0, out_shardings=(s, s))
+        shard = {} if parallel is None else {"out_shardings": (parallel.state_sharding,) * 2}
+        jitted = jax.jit(epoch, donate_argnums=0, **shard)
+        return EpochFn(jitted, lambda *args: jitted.lower(*args).compile())
 
     shard = {} if parallel is None else {"out_shardings": (parallel.state_sharding,) * 2}
-    prepare_all = jax.jit(jax.vmap(prepare, in_axes=(0, None, None), spmd_axis_name=spmd))
-    step_all = jax.jit(jax.vmap(train_batch, in_axes=(None, 0, 0, 0, 0, 0, None, None, None,
-                                                      None), spmd_axis_name=spmd),
-                       donate_argnums=(1, 2), **shard)
+
+    def prepare_all(keys, idx, n):
+        return jax.vmap(prepare, in_axes=(0, idx_axis(idx), None), spmd_axis_name=spmd)(
+            keys, idx, n)
+
+    def step_all(i, states, totals, order, step_keys, active, x, y, idx, n):
+        return jax.vmap(train_batch, in_axes=(None, 0, 0, 0, 0, 0, None, None, idx_axis(idx),
+                                              None), spmd_axis_name=spmd)(
+            i, states, totals, order, step_keys, active, x, y, idx, n)
+
+    prepare_all = jax.jit(prepare_all)
+    step_all = jax.jit(step_all, donate_argnums=(1, 2), **shard)
 
     def host_epoch(states, keys, active, x, y, idx, n):
         n = int(n)
@@ -405,4 +448,34 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
             states, totals = step_all(i, states, totals, order, step_keys, active, x, y, idx, n)
         return states, totals
 
-    return host_epoch
+    def compile_host(states, keys, active, x, y, idx, n):
+        n = int(n)
+        prepare_all.lower(keys, idx, n).compile()
+        order, step_keys, totals = jax.eval_shape(prepare_all, keys, idx, n)
+        step_all.lower(0, states, totals, order, step_keys, active, x, y, idx, n).compile()
+
+    return EpochFn(host_epoch, compile_host)
+
+
+class EpochFn:
+    """The epoch function of ``make_epoch_fn``: call it as ``epoch(states, keys, active, x, y,
+    idx, n)``; ``compile`` with the same arguments compiles it ahead of the first call."""
+
+    def __init__(self, fn: Callable, compile_for: Callable):
+        self._fn, self._compile_for, self._compiled = fn, compile_for, set()
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def compile(self, *args) -> float:
+        """Compiles the epoch for the shapes of ``args`` (the call's arguments) unless it was
+        compiled for them before; returns the seconds it took (0.0 when it had been). Timers
+        that start after this leave compiling out."""
+        signature = str(jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))),
+                                     args))
+        if signature in self._compiled:
+            return 0.0
+        start = time.perf_counter()
+        self._compile_for(*args)
+        self._compiled.add(signature)
+        return time.perf_counter() - start

@@ -167,15 +167,20 @@ def fold_in_replicas(keys, data: int) -> jax.Array:
 
 
 def pad_indices(idx, capacity: int | None = None) -> tuple[np.ndarray, int]:
-    """Pads an index array to ``capacity`` (so training sets of different sizes share one
-    compiled epoch) and returns ``(padded, n_valid)``."""
+    """Pads an index array (each row of a per-replica ``(R, n)`` one) to ``capacity`` (so
+    training sets of different sizes share one compiled epoch) and returns ``(padded,
+    n_valid)``."""
     idx = np.asarray(idx, dtype=np.int32)
-    capacity = len(idx) if capacity is None else capacity
-    if len(idx) > capacity:
-        raise ValueError(f"{len(idx)} indices exceed capacity {capacity}")
-    if len(idx) == 0:
+    if idx.ndim not in (1, 2):
+        raise ValueError(f"indices of shape {idx.shape}: give (n,) for every replica or "
+                         "(replicas, n) for one row each")
+    n = idx.shape[-1]
+    capacity = n if capacity is None else capacity
+    if n > capacity:
+        raise ValueError(f"{n} indices exceed capacity {capacity}")
+    if n == 0:
         raise ValueError("an empty training set cannot be trained on")
-    return np.pad(idx, (0, capacity - len(idx))), len(idx)
+    return np.pad(idx, [(0, 0)] * (idx.ndim - 1) + [(0, capacity - n)]), n
 
 
 def has_conv(model: nn.Module, input_shape) -> bool:
@@ -288,6 +293,8 @@ class FitProgress:
     (values of stopped replicas are repeated from their last epoch; None where a replica that
     diverged had no finite value yet) and its ``seconds``. ``diverged_at[r]`` is
     ``[epoch, step]`` (both 1-based) of the step at which replica r diverged, else None.
+    ``compile_seconds``: time spent compiling the epoch (by every process that trained this
+    fit), not counted in ``seconds``.
     """
 
     active: list[bool]
@@ -296,6 +303,7 @@ class FitProgress:
     stop_reason: list[str | None]
     history: list[dict] = dataclasses.field(default_factory=list)
     diverged_at: list = dataclasses.field(default_factory=list)
+    compile_seconds: float = 0.0
 
     def __post_init__(self):
         # Progress saved before the divergence guard existed has no diverged_at.

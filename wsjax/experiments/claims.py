@@ -27,6 +27,7 @@ Runs of ``bn_stats`` made one seed per process (``--seed-offset k``) are pooled 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -137,23 +138,54 @@ def _per_seed(rows, values, key):
     return [{"seed": r.seed, key: float(v)} for r, v in zip(rows, values)]
 
 
+def protocol_notes(*runs) -> str:
+    """How the evidence of ``runs`` (records; a sweep's cells count) departs from the official
+    protocol in ways the table must show: one split shared by every seed (every run written
+    before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
+    notes = []
+    for record in runs:
+        config = getattr(record, "config", None) or {}
+        if "split_seed" in config and config.get("fixed_split", True):
+            notes.append("one split for all seeds")
+        two_phase = getattr(record, "script", "") not in ("online", "transfer", "shrink_only")
+        if two_phase and config.get("shrink") and config.get("shared_round1", True):
+            notes.append("S&P arms share round 1")
+        notes += protocol_notes(*getattr(record, "cells", {}).values()).split("; ")
+    return "; ".join(dict.fromkeys(n for n in notes if n))
+
+
+def stop_counts(*row_lists) -> str:
+    """How the seeds behind an effect stopped, e.g. ``'threshold 9, max_epochs 1'`` (both
+    arms' seeds; '-' for rows without a stop reason)."""
+    reasons = collections.Counter(getattr(r, "stop_reason", None) for rows in row_lists
+                                  for r in rows)
+    reasons.pop(None, None)
+    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "-"
+
+
 class Table:
     """Accumulates claim rows; ``scale`` (see ``small_scale``) marks the evidence of the run
-    being read as too small for a verdict."""
+    being read as too small for a verdict, ``notes`` (see ``protocol_notes``) how it departs
+    from the official protocol."""
 
     def __init__(self):
         self.rows = []
         self.scale = None
+        self.notes = ""
 
-    def add(self, claim, evidence, effect, n, test="greater", unit="pp", tol=0.0):
-        """A row with ``effect`` = (mean, SE) over ``n`` seeds, claimed to be ``test``."""
+    def add(self, claim, evidence, effect, n, test="greater", unit="pp", tol=0.0, stops="-"):
+        """A row with ``effect`` = (mean, SE) over ``n`` seeds, claimed to be ``test``;
+        ``stops``: how those seeds stopped (``stop_counts``)."""
+        if self.notes:
+            evidence = f"{evidence} ({self.notes})"
         self.rows.append({"claim": claim, "evidence": evidence, "effect": fmt(effect, unit),
-                          "n": n, "verdict": verdict(effect, n, test, tol, self.scale)})
+                          "n": n, "stops": stops,
+                          "verdict": verdict(effect, n, test, tol, self.scale)})
 
     def missing(self, claim, evidence, command):
         """A row for a claim whose evidence was not run, with the command that makes it."""
         self.rows.append({"claim": claim, "evidence": evidence, "effect": "-", "n": 0,
-                          "verdict": f"not run: {command}"})
+                          "stops": "-", "verdict": f"not run: {command}"})
 
     def mean(self, claim, evidence, values, **kw):
         """The mean ± SE of per-seed ``values``."""
@@ -162,7 +194,8 @@ class Table:
     def paired(self, claim, evidence, a_rows, b_rows, key="val_acc", scale=100.0, **kw):
         """``scale * (a - b)`` of ``key`` over the seeds both per-seed row lists have."""
         differences = paired_differences(a_rows, b_rows, key, scale)
-        self.add(claim, evidence, mean_se(differences), len(differences), **kw)
+        self.add(claim, evidence, mean_se(differences), len(differences),
+                 stops=stop_counts(a_rows, b_rows), **kw)
 
     def gap(self, claim, evidence, res, a="random_init", b="warm_start", test="greater",
             tol=CLOSED_PP):
@@ -401,13 +434,15 @@ def claims(root: Path, runs=None) -> list[dict]:
         if rec.script == "table1":
             cells = _records(Path(root) / name)
             t.scale = small_scale(*(r for _, r in cells))
+            t.notes = protocol_notes(*(r for _, r in cells))
             _table1(t, name, cells)
         elif rec.script in SINGLE:
-            t.scale = small_scale(rec)
+            t.scale, t.notes = small_scale(rec), protocol_notes(rec)
             SINGLE[rec.script](t, name, rec)
     bn = [(n, r) for n, r in found if r.script == "bn_stats"]
     if bn:
         t.scale = small_scale(*(r for _, r in bn))
+        t.notes = protocol_notes(*(r for _, r in bn))
         _bn_stats(t, bn)
     for script, command in COMMANDS.items():
         if runs is None and script not in seen:
@@ -429,15 +464,44 @@ def main(argv=None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """Claim rows as a markdown table, with how many claims it tests at once."""
-    lines = ["| claim | evidence | effect (mean ± SE over seeds) | n | verdict |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| claim | evidence | effect (mean ± SE over seeds) | n | stop reasons | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['claim']} | {r['evidence']} | {r['effect']} | {r.get('n', '-')} | "
-              f"{r['verdict']} |" for r in rows]
+              f"{r.get('stops', '-')} | {r['verdict']} |" for r in rows]
     tested = sum(not r["verdict"].startswith(("not run", "no verdict")) for r in rows)
     lines += ["", f"{tested} claims tested at once, each on its own {LEVEL:.0%} Student-t "
               f"interval: each verdict alone errs with about {1 - LEVEL:.0%} probability, and "
               f"no correction for making {tested} of them is applied."]
     return "\n".join(lines)
+
+
+VERDICT_GROUPS = (("confirmed", "Confirmed"), ("refuted", "Refuted"),
+                  ("inconclusive", "Inconclusive"), ("no verdict", "No verdict"),
+                  ("not run", "Not run"))
+
+
+def prose(rows: list[dict]) -> str:
+    """The verdicts of claim ``rows`` in words (markdown), grouped by verdict, each with its
+    effect, n and evidence: text generated from the table, so it cannot go stale."""
+    parts, last = [], ""
+    rows = [dict(r) for r in rows]
+    for r in rows:  # a "... and" row continues the claim before it: say which
+        if r["claim"].startswith("..."):
+            r["claim"] = f"{last} {r['claim']}"
+        else:
+            last = r["claim"]
+    for prefix, title in VERDICT_GROUPS:
+        group = [r for r in rows if r["verdict"].startswith(prefix)]
+        if not group:
+            continue
+        parts.append(f"**{title}** ({len(group)} of {len(rows)}):")
+        for r in group:
+            detail = r["verdict"] if prefix == "not run" else (
+                f"{r['effect']}, n = {r['n']}" + (f", seeds stopped by {r['stops']}"
+                                                   if r.get("stops", "-") != "-" else ""))
+            parts.append(f"- {r['claim']}; {r['evidence']}: {detail}.")
+        parts.append("")
+    return "\n".join(parts).strip() or "no claim rows"
 
 
 if __name__ == "__main__":

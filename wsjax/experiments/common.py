@@ -59,9 +59,16 @@ class DataConfig(Checked):
                                   "$WSJAX_DATA_DIR, else ~/.cache/wsjax)")
     train_subset: int | None = option(None, "use only the first N official training images "
                                       "(quick runs)", check=COUNT)
-    split_seed: int = option(0, "seed of the 2/3 : 1/3 split", check=INDEX)
-    label_noise: float = option(0.0, "fraction of the fitted split's labels replaced by random "
-                                "ones (validation and test labels stay clean)", check=FRACTION)
+    split_seed: int = option(0, "seed of the 2/3 : 1/3 split (with each seed's own split: "
+                             "mixed with the seed)", check=INDEX)
+    fixed_split: bool = option(False, "every seed uses --split-seed's split and subsets (by "
+                               "default each seed draws its own, as the official unseeded "
+                               "runs do)")
+    label_noise: float = option(0.0, "fraction of the labels trained on replaced by random "
+                                "ones: of the fitted split with --fixed-split, else of all "
+                                "training images (about that fraction of each seed's fitted "
+                                "split); validation and test labels stay clean",
+                                check=FRACTION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,16 +199,27 @@ def data_dir_of(cfg: DataConfig) -> str | None:
         wdata.default_data_dir(cfg.data_dir))
 
 
-def study_data(cfg: DataConfig, ds: wdata.Dataset, put: Callable = jax.device_put) -> StudyData:
+def study_data(cfg: DataConfig, ds: wdata.Dataset, put: Callable = jax.device_put,
+               seeds=(0,)) -> StudyData:
     """The study's split of ``ds`` on the devices (``put``), label noise applied to the
-    fitted split only."""
-    fit_idx, val_idx = wdata.study_split(len(ds.x_train), cfg.split_seed)
-    fit_idx = wdata.shuffled(fit_idx, cfg.split_seed)
+    labels trained on only. By default each of ``seeds`` draws its own split and fitted order
+    (``wsjax.data.seed_splits``): ``fit_idx`` and ``val_idx`` are ``(len(seeds), n)``, one row
+    per replica. With ``cfg.fixed_split`` every seed shares ``cfg.split_seed``'s (1-d
+    arrays)."""
     labels = ds.y_train
+    if cfg.fixed_split:
+        fit_idx, val_idx = wdata.study_split(len(ds.x_train), cfg.split_seed)
+        fit_idx = wdata.shuffled(fit_idx, cfg.split_seed)
+        noisy = fit_idx
+    else:
+        fit_idx, val_idx = wdata.seed_splits(len(ds.x_train), seeds, cfg.split_seed)
+        # One set of noisy labels for every seed, so the data stay shared on the device:
+        # each seed's fitted split then holds about that fraction of them.
+        noisy = np.arange(len(labels))
     if cfg.label_noise:
         labels = labels.copy()
-        labels[fit_idx] = wdata.relabel_fraction(labels[fit_idx], cfg.label_noise,
-                                                 ds.num_classes, cfg.split_seed)
+        labels[noisy] = wdata.relabel_fraction(labels[noisy], cfg.label_noise, ds.num_classes,
+                                               cfg.split_seed)
     x, y = put(ds.x_train), put(labels)
     clean = put(ds.y_train) if cfg.label_noise else y
     # Index arrays stay on the host: the engine cuts them into batches there.
@@ -243,7 +261,8 @@ def stop_rule(cfg: StopConfig) -> StopRule:
 def describe(cfg: StudyConfig, dataset: str, num_seeds: int) -> str:
     """A one-line title for figures."""
     return (f"{dataset} {cfg.model.model} {cfg.optim.optimizer} lr {cfg.optim.lr} batch "
-            f"{cfg.train.batch_size}, {num_seeds} seeds" + (" (quick)" if cfg.run.quick else ""))
+            f"{cfg.train.batch_size}, {num_seeds} seed{'' if num_seeds == 1 else 's'}"
+            + (" (quick)" if cfg.run.quick else ""))
 
 
 def open_run(path, cfg, script: str, *, may_change=(), seeds=(), data: dict | None = None
@@ -308,18 +327,19 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
                     batch_size=s.train.batch_size, input_shape=ds.image_shape,
                     parallel=parallel, objective=objective, after_update=after_update)
     check_sizes(s, ds)
-    data = study_data(s.data, ds, engine.put)
+    data = study_data(s.data, ds, engine.put, seeds)
     # Only now, with every value checked: a run refused above leaves no config behind.
     data_id = wdata.fingerprint(ds)
     run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds, data=data_id)
     stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop),
                     checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
-    print(f"{ds.name}: {len(data.fit_idx)} fitted / {len(data.val_idx)} validation / "
+    print(f"{ds.name}: {data.fit_idx.shape[-1]} fitted / {data.val_idx.shape[-1]} validation / "
           f"{len(ds.x_test)} test; model {s.model.model}; {s.optim.optimizer} lr {s.optim.lr} "
           f"batch {s.train.batch_size}; seeds {[int(x) for x in seeds]}; devices "
           f"{jax.device_count()} ({jax.devices()[0].platform}), parallel "
           f"{parallel.mode if parallel else 'none'}"
-          + (f"; label noise {s.data.label_noise}" if s.data.label_noise else ""))
+          + (f"; label noise {s.data.label_noise}" if s.data.label_noise else "")
+          + ("; one split for every seed" if s.data.fixed_split else "; a split per seed"))
     return Setup(cfg, script, data, engine, stages, run, describe(s, ds.name, len(seeds)), start,
                  data_id)
 

@@ -204,10 +204,11 @@ class SeedTrainer:
         x, y, x_test, y_test = self.data
         sr = self.speedrun(len(idx))
         start = time.perf_counter()
-        key = self.k_round1 if stage == "round1" else self.k_final
+        first_round = stage.startswith("round1")  # round1, or an arm's own (round1_<arm>)
+        key = self.k_round1 if first_round else self.k_final
         out = sr.train(key, variables, x[idx], y[idx])
         row = None
-        if stage != "round1":
+        if not first_round:
             acc = float(sr.evaluate(out, x_test, y_test)[0])
             row = TimedRow(self.seed, acc, time.perf_counter() - start)
         trained = TrainState(step=np.zeros((), np.int32), params=out["params"],

@@ -33,6 +33,9 @@ class GradNormsConfig(Checked):
                                        "shrink-perturb arms", nargs="*",
                                        check=FRACTION)
     noise: float = option(0.01, "noise scale of the shrink-perturb arms", check=NON_NEGATIVE)
+    shared_round1: bool = option(False, "start every arm's round 2 from one plain round 1 "
+                                 "(cheaper); by default each shrink-perturb arm transforms its "
+                                 "init before round 1 too, as the official code does")
     probe_size: int = option(1024, "old and new examples each on which gradients are measured",
                              check=COUNT)
 
@@ -42,10 +45,10 @@ def run(cfg: GradNormsConfig) -> Run:
     new data watched in round 2."""
     run_ = setup(cfg, "grad_norms")
     engine, data = run_.engine, run_.data
-    first = wdata.first_fraction(data.fit_idx, 0.5)
-    old = first[: cfg.probe_size]
-    new = data.fit_idx[len(first):][: cfg.probe_size]
-    batch = min(engine.batch_size, len(old), len(new))
+    first = wdata.first_fraction(data.fit_idx, 0.5)  # (n,), or a row per seed
+    old = first[..., : cfg.probe_size]
+    new = data.fit_idx[..., first.shape[-1]:][..., : cfg.probe_size]
+    batch = min(engine.batch_size, old.shape[-1], new.shape[-1])
 
     def watch(states):
         return {"grad_old": engine.grad_norms(states, data.x, data.y, old, batch),
@@ -53,7 +56,8 @@ def run(cfg: GradNormsConfig) -> Run:
 
     arms = [Arm("warm_start")] + [Arm(f"sp_{s:g}", s, cfg.noise) for s in cfg.shrink]
     outcome = run_two_phase(run_.stages, fit_idx=data.fit_idx, first_fraction=0.5, arms=arms,
-                            include_random=False, round1_options={}, watch=watch)
+                            include_random=False, round1_options={}, watch=watch,
+                            shared_round1=cfg.shared_round1)
     return finish(run_, "two_phase", two_phase_results(outcome), plot_grad_norms)
 
 

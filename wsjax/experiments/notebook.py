@@ -108,9 +108,15 @@ class Session:
 
     def verdicts(self, *names: str, committed: bool = False) -> list[dict]:
         """Shows the claims table for the runs ``names`` of this session (or, with
-        ``committed``, of ``experiments/results``) and returns its rows."""
+        ``committed``, of ``experiments/results``), then its verdicts in words (generated
+        from the table: ``claims.prose``), and returns its rows."""
         rows = claims_table.claims(COMMITTED if committed else self.out, runs=names)
-        show(claims_table.markdown(rows) if rows else f"no claim rows for {names}")
+        if not rows:
+            show(f"no claim rows for {names}")
+            return rows
+        show(claims_table.markdown(rows))
+        which = "our committed runs" if committed else "this session's runs"
+        show(f"**Verdict ({which}), from the table above.**\n\n" + claims_table.prose(rows))
         return rows
 
     def committed(self, name: str, draw: bool = True) -> records.Record:

@@ -65,7 +65,7 @@ def run(cfg: TransferConfig) -> Run:
                                    fresh_layers=("head",) if new_head else ())
             source_state = target.engine.new_state(merged)
             rows[arm.name] = warm_round(stages, arm, stage, source_state, idx).result.seeds
-        fractions[f"{frac:g}"] = TransferFraction(n=len(idx), arms=rows)
+        fractions[f"{frac:g}"] = TransferFraction(n=idx.shape[-1], arms=rows)
     results = TransferResult(source=cfg.source, source_seeds=trained.result.seeds,
                              new_head=new_head, fractions=fractions)
     return finish(target, "transfer", results, plot_transfer)

@@ -55,6 +55,9 @@ class ArmsConfig(Checked):
                                  "give one warm arm each", nargs="+", choices=BN_MODES)
     opt_state: str = option("reset", "optimizer state at the start of round 2: reset (the "
                             "study) or keep round 1's", choices=OPTIMIZER_MODES)
+    shared_round1: bool = option(False, "start every arm's round 2 from one plain round 1 "
+                                 "(cheaper); by default a shrink-perturb arm transforms its "
+                                 "init before round 1 too, as the official code does")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +114,7 @@ def make_watch(engine, data, *, curves: bool, bn_probe: bool):
 def print_table(results: dict) -> None:
     """The arms' mean ± SE accuracies, epochs and seconds, and why their seeds stopped."""
     cols = ("arm", "val acc %", "test acc %", "epochs", "total epochs", "seconds",
-            "total seconds", "stop reasons")
+            "total seconds", "total examples (k)", "compile s", "stop reasons")
     print(" | ".join(cols))
     for arm, r in results.items():
         s = r.seeds
@@ -119,8 +122,8 @@ def print_table(results: dict) -> None:
         def fmt(key, scale=1.0, digits=2):
             values = column(s, key, scale)
             return "{:.{d}f} ± {:.{d}f}".format(*mean_se(values), d=digits) if values else "-"
-        total = lambda key, d: fmt(f"total_{key}", 1, d) if s[0].total_epochs is not None \
-            else fmt(key, 1, d)
+        total = lambda key, d, scale=1.0: fmt(f"total_{key}", scale, d) \
+            if getattr(s[0], f"total_{key}") is not None else fmt(key, scale, d)
         reasons = collections.Counter(row.stop_reason for row in s)
         # Diverged seeds are left out of the means (wsjax.study.stats): say how many.
         diverged = reasons["diverged"]
@@ -128,7 +131,7 @@ def print_table(results: dict) -> None:
         stops = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
         print(" | ".join([name, fmt("val_acc", 100), fmt("test_acc", 100), fmt("epochs", 1, 1),
                           total("epochs", 1), fmt("seconds", 1, 1), total("seconds", 1),
-                          stops]))
+                          total("examples", 0, 1e-3), fmt("compile_seconds", 1, 1), stops]))
 
 
 def run(cfg: TwoPhaseConfig, *, script: str = "warm_start", plot=plot_two_phase) -> Run:
@@ -140,7 +143,7 @@ def run(cfg: TwoPhaseConfig, *, script: str = "warm_start", plot=plot_two_phase)
     watch = make_watch(run_.engine, run_.data, curves=cfg.curves, bn_probe=cfg.bn_probe)
     outcome = run_two_phase(run_.stages, fit_idx=run_.data.fit_idx,
                             first_fraction=cfg.first_fraction, arms=arms_of(cfg.arms),
-                            watch=watch)
+                            shared_round1=cfg.arms.shared_round1, watch=watch)
     results = two_phase_results(outcome)
     print_table(results)
     return finish(run_, "two_phase", results, plot)

@@ -31,12 +31,12 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _finish(fig, ax, record: Run | Cells, xlabel: str, ylabel: str, path) -> Path:
-    """Labels a one-axes figure, titles it after the run and saves it."""
+def _finish(fig, ax, record: Run | Cells | str, xlabel: str, ylabel: str, path) -> Path:
+    """Labels a one-axes figure, titles it after the run (or the title given) and saves it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    ax.set_title(record.title, fontsize=9)
+    ax.set_title(record if isinstance(record, str) else record.title, fontsize=9)
     return _save(fig, path)
 
 
@@ -45,6 +45,12 @@ def _band(ax, x, mean, se, **kw):
     line, = ax.plot(x, mean, **kw)
     ax.fill_between(x, mean - se, mean + se, alpha=0.2, color=line.get_color())
     return line
+
+
+def _se_note(rows) -> str:
+    """What the error bars of a figure are: mean +- 1 standard error over its seeds."""
+    n = len(column(rows, "val_acc")) if rows else 0
+    return f"mean ± 1 SE over {n} seed{'' if n == 1 else 's'}"
 
 
 def _arms(results: dict) -> list[str]:
@@ -57,26 +63,29 @@ def _stat(rows, key, scale=1.0):
 
 def plot_two_phase(record: Run, out_dir) -> Path:
     """Bar chart of the two-phase experiment: validation and test accuracy (mean +- SE over
-    seeds) and epochs to the stop rule per arm (round 2 for warm arms, stacked on round 1)."""
+    seeds, bars from 0, each labelled with its value) and epochs to the stop rule per arm
+    (round 2 for warm arms, stacked on their round 1)."""
     plt = _pyplot()
     results = record.results
     arms = _arms(results)
-    fig, (ax_acc, ax_ep) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_ep) = plt.subplots(1, 2, figsize=(11, 4.4))
     width = 0.38
     for j, split in enumerate(("val", "test")):
         stats = [_stat(results[a].seeds, f"{split}_acc", 100) for a in arms]
-        ax_acc.bar(np.arange(len(arms)) + (j - 0.5) * width, [m for m, _ in stats], width,
-                   yerr=[e for _, e in stats], capsize=3, label=split)
-    lo = min(getattr(s, f"{k}_acc") for a in arms for s in results[a].seeds
-             for k in ("val", "test"))
-    ax_acc.set_ylim(max(0, lo * 100 - 5), None)
+        x = np.arange(len(arms)) + (j - 0.5) * width
+        ax_acc.bar(x, [m for m, _ in stats], width, yerr=[e for _, e in stats], capsize=3,
+                   label=split)
+        for xi, (m, e) in zip(x, stats):
+            ax_acc.text(xi, m + e, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+    ax_acc.set_ylim(0, 100)
     ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.legend()
+    ax_acc.set_title(f"error bars: {_se_note(results[arms[0]].seeds)}", fontsize=8)
+    ax_acc.legend(loc="upper right")
     r1 = [_stat(results[a].round1 or [{"epochs": 0}], "epochs")[0] for a in arms]
     r2 = [_stat(results[a].seeds, "epochs") for a in arms]
     ax_ep.bar(arms, r1, color="lightgray", label="round 1 (first part)")
     ax_ep.bar(arms, [m for m, _ in r2], bottom=r1, yerr=[e for _, e in r2], capsize=3,
-              label="final round (100%)")
+              label="final round (100%), ± SE")
     ax_ep.set_ylabel("epochs to stop rule")
     ax_ep.legend()
     for ax in (ax_acc, ax_ep):
@@ -103,7 +112,9 @@ def plot_curves(record: Run, out_dir) -> Path:
     (round 1 on the first part, then round 2 on 100%, continuing the epoch axis)."""
     plt = _pyplot()
     results = record.results
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # Separate y ranges: on a shared axis the validation gap the figure is about is flattened
+    # by the training curves' climb to 100%.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in zip(axes, ("train_acc", "val_acc"), ("train", "validation")):
         for arm in _arms(results):
             r = results[arm]
@@ -118,8 +129,9 @@ def plot_curves(record: Run, out_dir) -> Path:
             _band(ax, e + offset, m * 100, s * 100, label=arm, **kw)
         ax.set_xlabel("epoch (warm arms: round 1 dashed, then round 2)")
         ax.set_title(f"{label} accuracy")
-    axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend()
+        ax.set_ylabel(f"{label} accuracy (%)")
+    axes[1].legend(title=f"bands: {_se_note(results[_arms(results)[0]].seeds)}",
+                   title_fontsize=7)
     fig.suptitle(record.title)
     return _save(fig, Path(out_dir) / "curves.png")
 
@@ -146,52 +158,72 @@ def plot_cells(summary: Cells, out_dir) -> Path:
     ax.set_ylim(max(0, lo - 5), None)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
-    return _finish(fig, ax, summary, "", "validation accuracy (%)", Path(out_dir) / "cells.png")
+    note = _se_note(cells[names[0]].results[arms[0]].seeds)
+    return _finish(fig, ax, summary, "", f"validation accuracy (%), {note}",
+                   Path(out_dir) / "cells.png")
 
 
 def plot_regularization(summary: Cells, out_dir) -> Path:
     """The regularization table as a figure: the warm-start gap (random init minus warm
-    start, validation points) per regularizer and strength, with the baseline's."""
+    start, validation points, mean +- paired SE) per regularizer at each strength run (a
+    categorical axis: a single strength is a point, not a log scale), with the baseline's."""
     plt = _pyplot()
     cells = summary.cells
     fig, ax = plt.subplots(figsize=(7, 4))
     base = _cell_gap(cells["none"].results)
-    ax.axhline(base[0], color="k", ls="--", label=f"no regularizer ({base[0]:.2f})")
+    ax.axhline(base[0], color="k", ls="--", label=f"no regularizer ({base[0]:.2f} ± "
+               f"{base[1]:.2f})")
     kinds = sorted({c.rsplit("_", 1)[0] for c in cells if c != "none"})
-    for kind in kinds:
-        names = sorted((c for c in cells if c.rsplit("_", 1)[0] == kind),
-                       key=lambda c: float(c.rsplit("_", 1)[1]))
-        xs = [float(c.rsplit("_", 1)[1]) for c in names]
+    strengths = sorted({float(c.rsplit("_", 1)[1]) for c in cells if c != "none"})
+    offset = 0.8 / max(len(kinds), 1)
+    for k, kind in enumerate(kinds):
+        names = [c for c in cells if c.rsplit("_", 1)[0] == kind]
+        xs = [strengths.index(float(c.rsplit("_", 1)[1])) + (k - (len(kinds) - 1) / 2) * offset
+              for c in names]
         st = [_cell_gap(cells[c].results) for c in names]
         ax.errorbar(xs, [m for m, _ in st], yerr=[e for _, e in st], marker="o", capsize=3,
-                    label=kind)
-    ax.set_xscale("log")
-    return _finish(fig, ax, summary, "strength", "random init - warm start, val acc (points)",
+                    ls="", label=kind)
+    ax.set_xticks(range(len(strengths)))
+    ax.set_xticklabels([f"{v:g}" for v in strengths])
+    note = _se_note(cells["none"].results["random_init"].seeds).replace("SE", "paired SE")
+    return _finish(fig, ax, summary, "strength",
+                   f"random init - warm start, val acc (points)\n{note}",
                    Path(out_dir) / "regularization.png")
 
 
 def plot_sweep(summary: Cells, out_dir) -> Path:
     """Fig 3: validation accuracy vs wall time to the stop rule (warm start: both rounds),
-    one point per (lr, batch) cell and arm, joined per cell."""
+    one point per (lr, batch) cell and arm (mean +- SE both ways), joined per cell."""
+    import re
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
+    note = ""
     for name, cell in summary.cells.items():
-        pts = {}
-        for arm, marker in (("random_init", "o"), ("warm_start", "^")):
+        pts, errs = {}, {}
+        for arm in ("random_init", "warm_start"):
             rows = cell.results[arm].seeds
             key = "total_seconds" if rows[0].total_seconds is not None else "seconds"
-            pts[arm] = (_stat(rows, key)[0], _stat(rows, "val_acc", 100)[0])
+            (tx, ex), (ty, ey) = _stat(rows, key), _stat(rows, "val_acc", 100)
+            pts[arm], errs[arm] = (tx, ty), (ex, ey)
+            note = _se_note(rows)
         line, = ax.plot(*zip(*pts.values()), ls=":", lw=1)
-        for (arm, marker), xy in zip((("random_init", "o"), ("warm_start", "^")), pts.values()):
-            ax.scatter(*xy, marker=marker, color=line.get_color(),
-                       label=name if arm == "random_init" else None)
+        for (arm, marker), (x, y) in zip((("random_init", "o"), ("warm_start", "^")),
+                                         pts.values()):
+            ax.errorbar(x, y, xerr=errs[arm][0], yerr=errs[arm][1], marker=marker,
+                        color=line.get_color(), capsize=2,
+                        label=name if arm == "random_init" else None)
     ax.set_xscale("log")
-    return _finish(fig, ax, summary, "seconds to stop rule (o random init, ^ warm start)",
+    # One cell's lr and batch in the run title would name the whole grid after it.
+    title = re.sub(r" lr \S+ batch \d+", "", summary.title)
+    return _finish(fig, ax, f"{title}: lr x batch grid ({note})", "seconds to stop rule (o random init, ^ warm start)",
                    "validation accuracy (%)", Path(out_dir) / "sweep.png")
 
 
 def plot_grid(record: Run, out_dir) -> Path:
-    """Fig 8: heat maps over (shrink, noise) of validation accuracy and total seconds."""
+    """Fig 8: heat maps over (shrink, noise) of validation accuracy and of epochs over both
+    rounds (epochs, not seconds: seconds on a shared machine are noise), each cell labelled
+    mean +- SE in a colour readable on its background."""
     plt = _pyplot()
     results = record.results
     cells = {(r.arm.shrink, r.arm.noise_scale): r for r in results.values()
@@ -199,17 +231,21 @@ def plot_grid(record: Run, out_dir) -> Path:
     shrinks = sorted({s for s, _ in cells})
     noises = sorted({n for _, n in cells})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in zip(axes, ("val_acc", "total_seconds"),
-                              ("validation accuracy (%)", "seconds, both rounds")):
+    for ax, key, label, scale in zip(axes, ("val_acc", "total_epochs"),
+                                     ("validation accuracy (%)", "epochs, both rounds"),
+                                     (100, 1)):
         grid = np.full((len(shrinks), len(noises)), np.nan)
+        spread = np.full_like(grid, np.nan)
         for (s, n), r in cells.items():
-            grid[shrinks.index(s), noises.index(n)] = _stat(
-                r.seeds, key, 100 if key == "val_acc" else 1)[0]
+            grid[shrinks.index(s), noises.index(n)], spread[shrinks.index(s), noises.index(n)] \
+                = _stat(r.seeds, key, scale)
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
         for i in range(len(shrinks)):
             for j in range(len(noises)):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w",
-                        fontsize=8)
+                # Dark text on the light (yellow) end of viridis, white on the dark end.
+                light = np.mean(im.cmap(im.norm(grid[i, j]))[:3]) > 0.5
+                ax.text(j, i, f"{grid[i, j]:.1f}\n± {spread[i, j]:.1f}", ha="center",
+                        va="center", color="k" if light else "w", fontsize=8)
         ax.set_xticks(range(len(noises)))
         ax.set_xticklabels([f"{n:g}" for n in noises])
         ax.set_yticks(range(len(shrinks)))
@@ -217,10 +253,10 @@ def plot_grid(record: Run, out_dir) -> Path:
         ax.set_xlabel("noise")
         ax.set_ylabel("shrink")
         fig.colorbar(im, ax=ax)
-        base = _stat(results["random_init"].seeds, key if key != "total_seconds"
-                     else "seconds", 100 if key == "val_acc" else 1)[0]
-        ax.set_title(f"{label}; random init {base:.1f}")
-    fig.suptitle(record.title)
+        m, e = _stat(results["random_init"].seeds, key if key != "total_epochs" else "epochs",
+                     scale)
+        ax.set_title(f"{label}; random init {m:.1f} ± {e:.1f}", fontsize=9)
+    fig.suptitle(f"{record.title}; cells: {_se_note(results['random_init'].seeds)}")
     return _save(fig, Path(out_dir) / "sp_grid.png")
 
 
@@ -235,8 +271,10 @@ def plot_checkpoint_age(record: Run, out_dir) -> Path:
                 marker="o", capsize=3, label="warm start from round-1 epoch k")
     m, e = _stat(results["random_init"].seeds, "val_acc", 100)
     ax.axhline(m, color="k", ls="--", label=f"random init ({m:.2f} ± {e:.2f})")
+    note = _se_note(results["random_init"].seeds)
     return _finish(fig, ax, record, "round-1 epoch k of the warm-start checkpoint",
-                   "validation accuracy after round 2 (%)", Path(out_dir) / "checkpoint_age.png")
+                   f"validation accuracy after round 2 (%)\n{note}",
+                   Path(out_dir) / "checkpoint_age.png")
 
 
 def plot_grad_norms(record: Run, out_dir) -> Path:
@@ -252,7 +290,7 @@ def plot_grad_norms(record: Run, out_dir) -> Path:
         ax.set_xlabel("round-2 epoch (0: before training)")
         ax.set_title(f"gradient norm on {label}")
         ax.set_yscale("log")
-    axes[0].set_ylabel("mean minibatch gradient norm")
+    axes[0].set_ylabel("minibatch gradient norm (mean over seeds; no error bars)")
     axes[1].legend()
     fig.suptitle(record.title)
     return _save(fig, Path(out_dir) / "grad_norms.png")
@@ -267,7 +305,8 @@ def plot_shrink_only(record: Run, out_dir) -> Path:
         ax.errorbar(r.shrinks, acc.mean(1), yerr=acc.std(1), marker="o", capsize=2,
                     label=name)
     return _finish(fig, ax, record, "shrink (theta <- shrink * theta)",
-                   "validation accuracy (%)", Path(out_dir) / "shrink_only.png")
+                   "validation accuracy (%), mean ± 1 std over seeds",
+                   Path(out_dir) / "shrink_only.png")
 
 
 def plot_online(record: Run, out_dir) -> Path:
@@ -280,8 +319,9 @@ def plot_online(record: Run, out_dir) -> Path:
             st = [_stat(r.seeds, key, scale) for r in rounds]
             _band(ax, n, np.asarray([s[0] for s in st]), np.asarray([s[1] for s in st]),
                   label=arm)
-    ax_acc.set_ylabel("validation accuracy (%)")
-    ax_t.set_ylabel("train seconds this round")
+    first = next(iter(record.results.values()))[0].seeds
+    ax_acc.set_ylabel(f"validation accuracy (%), {_se_note(first)}")
+    ax_t.set_ylabel("train seconds this round (± SE)")
     for ax in (ax_acc, ax_t):
         ax.set_xlabel("training examples")
     ax_acc.legend()
@@ -300,32 +340,37 @@ def plot_transfer(record: Run, out_dir) -> Path:
         ax.errorbar([float(k) for k in keys], [m for m, _ in st], yerr=[e for _, e in st],
                     marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
+    note = _se_note(fr[keys[0]].arms[next(iter(fr[keys[0]].arms))])
     return _finish(fig, ax, record, f"fraction of target data (source: {record.results.source})",
-                   "target validation accuracy (%)", Path(out_dir) / "transfer.png")
+                   f"target validation accuracy (%), {note}", Path(out_dir) / "transfer.png")
 
 
 def plot_bn_stats(summary: Cells, out_dir) -> Path:
-    """Claims 3-7: per setting, train accuracy and BatchNorm mismatch per round-2 epoch for
-    each BN mode (and random init)."""
+    """Claims 3-7: per setting, train and validation accuracy (%) and BatchNorm mismatch per
+    round-2 epoch for each BN mode (and random init), mean +- SE bands over seeds."""
     plt = _pyplot()
     cells = summary.cells
-    keys = {"train_acc": "running train accuracy", "val_acc": "validation accuracy",
+    keys = {"train_acc": "running train accuracy (%)", "val_acc": "validation accuracy (%)",
             "bn_mean_gap": "BN mean mismatch (std units)"}
+    scale = {"train_acc": 100, "val_acc": 100, "bn_mean_gap": 1}
     fig, axes = plt.subplots(len(keys), len(cells), figsize=(4.5 * len(cells), 10),
                              squeeze=False)
+    note = ""
     for j, (name, cell) in enumerate(cells.items()):
         for arm, r in cell.results.items():
             if r.history is None:
                 continue
+            note = _se_note(r.seeds)
             for i, key in enumerate(keys):
                 if key in r.history[0]:
-                    e, m, _ = _history_curve(r.history, key, r.start)
-                    axes[i, j].plot(e, m, label=arm.replace("warm_start_", ""))
+                    e, m, se = _history_curve(r.history, key, r.start)
+                    _band(axes[i, j], e, m * scale[key], se * scale[key],
+                          label=arm.replace("warm_start_", ""))
         axes[0, j].set_title(name)
         for i, label in enumerate(keys.values()):
             axes[i, j].set_ylabel(label)
         axes[-1, j].set_yscale("log")
         axes[-1, j].set_xlabel("epoch of the final round (0: its starting weights)")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7, title=f"bands: {note}", title_fontsize=7)
     fig.suptitle(summary.title, fontsize=9)
     return _save(fig, Path(out_dir) / "bn_stats.png")

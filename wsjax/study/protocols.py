@@ -16,6 +16,7 @@ trained ``TrainState``, replicas stacked or one) and ``result``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -45,49 +46,81 @@ def warm_round(trainer, arm: Arm, stage: str, source, idx, **options):
 
 @dataclasses.dataclass
 class TwoPhase:
-    """What ``run_two_phase`` trained: ``round1`` and the final round of every arm
-    (``random_init`` first when it ran), as the trainer returned them."""
+    """What ``run_two_phase`` trained: ``round1`` (the plain one), the final round of every
+    arm (``random_init`` first when it ran), and ``round1s``: each warm arm's round 1 (its
+    own for an arm that transforms the initialization, else ``round1``)."""
 
     round1: Any
     final: dict[str, Any]
     arms: dict[str, Arm]
+    round1s: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def round1_of(self, arm: str):
+        """The round 1 that ``arm``'s round 2 started from."""
+        return self.round1s.get(arm, self.round1)
+
+
+def transforms_init(arm: Arm) -> bool:
+    """Whether ``arm`` changes a fresh initialization's weights (shrink or noise), so that
+    under the official protocol its round 1 starts from its own transformed init."""
+    return arm.shrink != 1.0 or arm.noise_scale != 0.0
 
 
 def run_two_phase(trainer, *, fit_idx, first_fraction: float = 0.5, arms: Sequence[Arm],
                   include_random: bool = True, round1_options: dict | None = None,
-                  **options) -> TwoPhase:
+                  shared_round1: bool = False, **options) -> TwoPhase:
     """The two-phase protocol (see the module docstring). ``options`` go to the trainer's
     ``train`` of every stage (e.g. ``watch``), ``round1_options`` (default ``options``) to
-    round 1's. Stages are named ``random_init``, ``round1`` and ``round2_<arm>``."""
+    round 1's. Stages are named ``random_init``, ``round1`` and ``round2_<arm>``.
+
+    As in the official code, an arm that shrinks or perturbs (``transforms_init``) applies
+    its transform before round 1 too: its round 1 (stage ``round1_<arm>``) trains from the
+    transformed fresh init, on the same data as ``round1``. ``shared_round1`` instead starts
+    every arm's round 2 from the one plain ``round1`` (cheaper; the arms then differ only
+    from round 2 on). ``fit_idx`` is ``(n,)``, or ``(replicas, n)`` with a row per seed.
+    """
     names = [a.name for a in arms]
     if len(set(names)) != len(names) or RANDOM in names:
         raise ValueError(f"arm names must be unique and not {RANDOM!r}; got {names}")
     first = wdata.first_fraction(fit_idx, first_fraction)
+    r1_options = options if round1_options is None else round1_options
     final = {}
     if include_random:
         final[RANDOM] = trainer.train(RANDOM, trainer.fresh(RANDOM), fit_idx, **options)
-    round1 = trainer.train("round1", trainer.fresh("round1"), first,
-                           **(options if round1_options is None else round1_options))
+    round1 = trainer.train("round1", trainer.fresh("round1"), first, **r1_options)
+    round1s = {}
     for arm in arms:
-        final[arm.name] = warm_round(trainer, arm, f"round2_{arm.name}", round1.states, fit_idx,
+        if not shared_round1 and transforms_init(arm):
+            init = trainer.fresh("round1")  # round1's own init, then the arm's transform
+            start = _Start(init["params"], init["batch_stats"], None)
+            round1s[arm.name] = warm_round(trainer, arm, f"round1_{arm.name}", start, first,
+                                           **r1_options)
+        source = round1s.get(arm.name, round1)
+        final[arm.name] = warm_round(trainer, arm, f"round2_{arm.name}", source.states, fit_idx,
                                      **options)
-    return TwoPhase(round1, final, {a.name: a for a in arms})
+    return TwoPhase(round1, final, {a.name: a for a in arms}, round1s)
+
+
+_Start = collections.namedtuple("_Start", "params batch_stats opt_state")
 
 
 def two_phase_results(outcome: TwoPhase) -> dict[str, StageResult]:
     """The study's results of a two-phase run: each final round's ``StageResult``; warm arms
-    also get their ``Arm``, round 1's rows (and history when watched), and rows counting both
-    rounds (``total_epochs``, ``total_seconds``)."""
-    round1 = outcome.round1.result
+    also get their ``Arm``, their round 1's rows (and history when watched), and rows counting
+    both rounds (``total_epochs``, ``total_seconds``)."""
     results = {}
     for name, trained in outcome.final.items():
         result = trained.result
         if name in outcome.arms:
+            round1 = outcome.round1_of(name).result
             result.arm, result.round1 = outcome.arms[name], round1.seeds
             for row, r1 in zip(result.seeds, round1.seeds):
                 row.total_epochs = row.epochs + r1.epochs
                 row.total_seconds = row.seconds + r1.seconds
+                if row.examples is not None and r1.examples is not None:
+                    row.total_examples = row.examples + r1.examples
             result.round1_history = round1.history
+            result.own_round1 = name in outcome.round1s
         results[name] = result
     return results
 
@@ -117,16 +150,24 @@ def _open_book(path, names: list[str], pool_idx, chunk: int, select: str) -> dic
     if select == "order":
         book.pop("order", None)  # the pool's own order: nothing to record
     else:
-        book.setdefault("order", {a: pool_idx[:chunk].tolist() for a in names})
+        book.setdefault("order", {a: pool_idx[..., :chunk].tolist() for a in names})
     return book
 
 
 def _choose_next(stages, states, order: list, pool_idx, size: int, select: str) -> None:
     """Extends ``order`` to ``size`` with the examples of the pool that ``states`` (the arm's
-    previous model) wants most."""
-    rest = pool_idx[~np.isin(pool_idx, order)]
-    scores = acquisition_scores(stages.engine.predict(states, stages.data.x, rest), select)
-    order.extend(rest[np.argsort(-scores, kind="stable")[: size - len(order)]].tolist())
+    previous model) wants most: one order for all seeds (their softmax averaged), or with a
+    pool per seed (``(R, n)``) each seed's order by its own model."""
+    if pool_idx.ndim == 1:
+        rest = pool_idx[~np.isin(pool_idx, order)]
+        scores = acquisition_scores(stages.engine.predict(states, stages.data.x, rest), select)
+        order.extend(rest[np.argsort(-scores, kind="stable")[: size - len(order)]].tolist())
+        return
+    rest = np.stack([pool[~np.isin(pool, mine)] for pool, mine in zip(pool_idx, order)])
+    probs = stages.engine.predict(states, stages.data.x, rest)
+    for r, mine in enumerate(order):
+        scores = acquisition_scores(probs[r:r + 1], select)
+        mine.extend(rest[r][np.argsort(-scores, kind="stable")[: size - len(mine)]].tolist())
 
 
 def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str = "order",
@@ -139,8 +180,10 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
     ``random_init`` arm ignores it (a fresh init every round), a warm ``Arm`` transforms it.
     ``select`` decides which examples arrive next: ``'order'`` (the pool's order, the paper's
     setting), or ``'margin'`` / ``'entropy'`` (active learning: each arm's own previous model
-    scores the remaining pool, softmax averaged over the seeds, and the chunk with the
-    smallest top-2 margin / largest entropy is added; seeds of an arm share its selection).
+    scores the remaining pool and the chunk with the smallest top-2 margin / largest entropy
+    is added). ``pool_idx`` is ``(n,)`` for every seed (under active selection the seeds of
+    an arm then share its selection, their softmax averaged) or ``(R, n)``, a pool per seed
+    (each seed selects with its own model).
 
     ``stages`` is a ``wsjax.study.stages.Stages``. Resumable: ``online.json`` in the run
     directory records each arm's selected order and finished rounds; only the latest finished
@@ -148,10 +191,11 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
     """
     if select not in SELECTORS:
         raise ValueError(f"select={select!r} is unknown; choose from {SELECTORS}")
-    if chunk < 1 or chunk > len(pool_idx):
-        raise ValueError(f"chunk={chunk} must be in [1, {len(pool_idx)}] (the pool size)")
     pool_idx = np.asarray(pool_idx, np.int32)
-    total = -(-len(pool_idx) // chunk)
+    pool_size = pool_idx.shape[-1]
+    if chunk < 1 or chunk > pool_size:
+        raise ValueError(f"chunk={chunk} must be in [1, {pool_size}] (the pool size)")
+    total = -(-pool_size // chunk)
     num_rounds = total if num_rounds is None else min(num_rounds, total)
     names = ([RANDOM] if include_random else []) + [a.name for a in arms]
     by_name = {a.name: a for a in arms}
@@ -165,13 +209,13 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
         return pool_idx if select == "order" else book["order"][a]
 
     def size(r):
-        return min((r + 1) * chunk, len(pool_idx))
+        return min((r + 1) * chunk, pool_size)
 
     def state_after(a, r):
         """Arm ``a``'s model after round ``r``, trained earlier (restored from disk)."""
         if (a, r) not in states:
             stage = _online_stage(a, r)
-            idx = np.asarray(order_of(a)[: size(r)])
+            idx = np.asarray(order_of(a))[..., : size(r)]
             states[(a, r)] = stages.train(stage, stages.fresh(stage), idx).states
         return states[(a, r)]
 
@@ -180,10 +224,10 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
             if len(book["rounds"][a]) > r:
                 continue
             order = order_of(a)
-            if select != "order" and len(order) < size(r):
+            if select != "order" and np.shape(order)[-1] < size(r):
                 # This arm's round r-1 model picks the chunk that arrives now.
                 _choose_next(stages, state_after(a, r - 1), order, pool_idx, size(r), select)
-            idx = np.asarray(order[: size(r)])
+            idx = np.asarray(order)[..., : size(r)]
             stage = _online_stage(a, r)
             if r == 0 or a == RANDOM:
                 trained = stages.train(stage, stages.fresh(stage), idx)
@@ -191,9 +235,9 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
                 trained = warm_round(stages, by_name[a], stage, state_after(a, r - 1), idx)
             states[(a, r)] = trained.states
             rows = trained.result.seeds
-            book["rounds"][a].append(to_json(OnlineRound(r, len(idx), rows)))
+            book["rounds"][a].append(to_json(OnlineRound(r, idx.shape[-1], rows)))
             write_json(book_path, book)
-            stages.progress.note(f"round {r:3d} n={len(idx):6d} {a:>16}: val acc "
+            stages.progress.note(f"round {r:3d} n={idx.shape[-1]:6d} {a:>16}: val acc "
                                  f"{np.mean([s.val_acc for s in rows]) * 100:.2f}%  "
                                  f"{np.mean([s.seconds for s in rows]):.1f}s")
         if r >= 1:

@@ -43,7 +43,10 @@ class SeedRow:
     """One seed of one stage. Accuracies are fractions; ``total_*`` count both rounds of a
     warm start. A seed whose training diverged has ``stop_reason='diverged'`` and
     ``diverged_at=[epoch, step]``; its numbers are those of its last finite state, and a value
-    that is not finite is None."""
+    that is not finite is None. ``seconds`` are training time; ``compile_seconds`` the time
+    spent compiling the stage's epoch (shared by its seeds), ``examples`` the training examples
+    the seed processed (epochs x training-set size). None: not recorded (older results, whose
+    seconds included compiling)."""
 
     seed: int
     epochs: int
@@ -57,6 +60,9 @@ class SeedRow:
     total_epochs: int | None = None
     total_seconds: float | None = None
     diverged_at: list[int] | None = None
+    compile_seconds: float | None = None
+    examples: int | None = None
+    total_examples: int | None = None
 
 
 @dataclasses.dataclass
@@ -68,6 +74,9 @@ class StageResult:
     ``train_loss``, ``seconds`` and every watched value, each a list over seeds);
     ``round1_history`` the same of round 1; ``start``: the watched values on the starting
     weights. ``round1_epoch``: the round-1 epoch a warm start came from (Fig 4).
+    ``own_round1``: the arm's round 1 started from its own transformed init (the official
+    protocol for shrink-perturb arms); False: from the plain round 1 the arms share; None: not
+    recorded (results written before the distinction, which all shared it).
     """
 
     seeds: list[SeedRow]
@@ -77,6 +86,7 @@ class StageResult:
     round1_history: list[dict] | None = None
     start: dict[str, list[float]] | None = None
     round1_epoch: int | None = None
+    own_round1: bool | None = None
 
 
 @dataclasses.dataclass
@@ -455,11 +465,18 @@ def migrate_config_v1(config: dict) -> dict:
 
 def migrate_config(config: dict) -> dict:
     """A saved run config of any earlier wsjax as this one writes it (``migrate_config_v1``,
-    then the stop rule): before ``plateau_min_epochs`` existed, a plateau window left unset
+    then the split and round 1: before ``fixed_split`` and ``shared_round1`` existed every seed
+    shared one split and every arm one round 1; then the stop rule): before ``plateau_min_epochs`` existed, a plateau window left unset
     meant 3 epochs for every model but the ResNets, from the first epoch on. Written out, a
     resume with today's defaults (the official rule) is refused as a different config rather
     than silently switching rules half way."""
     config = migrate_config_v1(config)
+    if "split_seed" in config and "fixed_split" not in config:
+        config["fixed_split"] = True  # every seed shared one split before the flag existed
+    # The two-phase configs (their arms' opt_state; grad_norms' probe_size): every arm
+    # shared one plain round 1 before shared_round1 existed.
+    if ("opt_state" in config or "probe_size" in config) and "shared_round1" not in config:
+        config["shared_round1"] = True
     if "plateau_window" in config and "plateau_min_epochs" not in config:
         if config["plateau_window"] is None and not str(config.get("model")).startswith(
                 "resnet"):

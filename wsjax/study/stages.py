@@ -60,7 +60,8 @@ class StudyData:
     """The study's data on the devices: ``x`` (all training images, uint8) and ``y`` (the
     labels trained on: noisy under label noise), the fitted split ``fit_idx`` (in a seeded
     random order, so its first fraction is a random subset) and the validation split
-    ``val_idx``, and ``eval_sets``: ``{name: (x, y, idx)}`` with clean labels."""
+    ``val_idx``, each ``(n,)`` when every seed shares them or ``(replicas, n)`` with a row per
+    seed, and ``eval_sets``: ``{name: (x, y, idx)}`` with clean labels."""
 
     name: str
     x: jax.Array
@@ -111,7 +112,7 @@ class Stages:
         self.keys = replica_keys(self.seeds)
         self.stop, self.checkpoint_every = stop, checkpoint_every
         self.progress = progress or Progress()
-        self.capacity = capacity or len(data.fit_idx)
+        self.capacity = capacity or data.fit_idx.shape[-1]
 
     def stage_keys(self, stage: str, use: KeyUse):
         """Per-replica keys of ``stage`` for ``use``."""
@@ -144,9 +145,10 @@ class Stages:
         """Deletes a stage's checkpoints (runs with many rounds keep only what resuming needs)."""
         shutil.rmtree(self.run.checkpoints / stage, ignore_errors=True)
 
-    def rows(self, states: TrainState, progress: FitProgress) -> list[SeedRow]:
-        """One row per seed: epochs, seconds, stop reason, final running train accuracy and
-        accuracy and loss on every evaluation set."""
+    def rows(self, states: TrainState, progress: FitProgress, n_train: int) -> list[SeedRow]:
+        """One row per seed: epochs, seconds (and compiling apart), examples processed (of
+        ``n_train`` per epoch), stop reason, final running train accuracy and accuracy and loss
+        on every evaluation set."""
         evals = {k: self.engine.evaluate(states, *v) for k, v in self.data.eval_sets.items()}
         rows = []
         for r, seed in enumerate(self.seeds):
@@ -155,7 +157,9 @@ class Stages:
             rows.append(SeedRow(seed=seed, epochs=progress.epochs[r],
                                 seconds=progress.seconds[r], stop_reason=progress.stop_reason[r],
                                 train_acc=progress.history[progress.epochs[r] - 1]["train_acc"][r],
-                                diverged_at=progress.diverged_at[r], **scores))
+                                diverged_at=progress.diverged_at[r],
+                                compile_seconds=progress.compile_seconds,
+                                examples=progress.epochs[r] * n_train, **scores))
         return rows
 
     def train(self, stage: str, variables: dict, idx, *, opt_state=None,
@@ -185,7 +189,7 @@ class Stages:
             states, progress = self._fit(stage, ckpt, states, progress, idx, watch, on_epoch)
         finally:
             ckpt.close()  # also on an error or Ctrl-C: a started save is finished, not torn
-        result = StageResult(seeds=self.rows(states, progress))
+        result = StageResult(seeds=self.rows(states, progress, np.shape(idx)[-1]))
         if watch is not None:
             result.history, result.start = progress.history, start
         return Trained(states, progress, result)
