@@ -102,7 +102,7 @@ class RecordingTrainer:
     def train(self, stage, variables, idx, opt_state=None, **options):
         self.starts[stage] = (np.asarray(variables["params"]["w"]), np.shape(idx))
         state = collections.namedtuple("S", "params batch_stats opt_state")(
-            variables["params"], variables["batch_stats"], None)
+            variables["params"], variables["batch_stats"], {"count": 1})
         return collections.namedtuple("T", "states result")(state, stage)
 
 
@@ -124,6 +124,18 @@ def test_shrink_perturb_arms_transform_their_init_before_round_1():
     protocols.run_two_phase(shared, fit_idx=np.zeros(10, int), arms=arms, shared_round1=True)
     assert "round1_sp" not in shared.starts
     np.testing.assert_allclose(shared.starts["round2_sp"][0], 0.5 * 1.0 + 1.0)
+
+
+def test_arms_with_one_transform_share_their_round_1():
+    # Same shrink and noise, other BN and optimizer handling at round 2: one round 1 (a
+    # fresh optimizer, whatever round 2 keeps), and no plain round 1 when no arm needs it.
+    arms = [Arm("sp_keep", 0.5, 0.1, bn="keep", optimizer="keep"), Arm("sp_reset", 0.5, 0.1)]
+    trainer = RecordingTrainer()
+    outcome = protocols.run_two_phase(trainer, fit_idx=np.zeros(10, int), arms=arms,
+                                      include_random=False)
+    assert list(trainer.starts) == ["round1_sp_keep", "round2_sp_keep", "round2_sp_reset"]
+    assert outcome.round1 is None
+    assert outcome.round1_of("sp_reset") is outcome.round1_of("sp_keep")
 
 
 def test_runs_saved_before_the_flags_resume_only_as_they_ran():

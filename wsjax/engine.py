@@ -203,11 +203,12 @@ class Engine:
     def _constrain(self, tree):
         return self.parallel.constrain_batch(tree) if self.parallel is not None else tree
 
-    def _put_idx(self, idx):
-        """Index arrays on the devices: shared ones replicated, per-replica ones (R, ...)
-        placed like the replicas."""
+    def _put_idx(self, idx, per_replica: bool | None = None):
+        """Index arrays on the devices: shared ones replicated, per-replica ones (a leading
+        replica axis: ``per_replica``, by default when 2-d) placed like the replicas."""
         idx = jnp.asarray(idx)
-        return self.place(idx) if idx.ndim == 2 else self.put(idx)
+        per_replica = idx.ndim == 2 if per_replica is None else per_replica
+        return self.place(idx) if per_replica else self.put(idx)
 
     def _pass(self, name: str, fn: Callable, reduce: str, per_replica_ids: bool = False
               ) -> Callable:
@@ -259,7 +260,7 @@ class Engine:
         idx = np.asarray(idx)
         if idx.ndim == 2:
             ids, mask = zip(*(padded_batches(row, batch_size) for row in idx))
-            return self._put_idx(np.stack(ids)), self._put_idx(np.stack(mask))
+            return (self._put_idx(np.stack(ids), True), self._put_idx(np.stack(mask), True))
         ids, mask = padded_batches(idx, batch_size)
         return jnp.asarray(ids), jnp.asarray(mask)
 
@@ -282,7 +283,8 @@ class Engine:
                                         self.eval_batch_size, x, y))
 
     def predict(self, states: TrainState, x, idx) -> jax.Array:
-        """``(R, len(idx), C)``: each replica's softmax on ``x[idx]`` in inference mode."""
+        """``(R, n, C)``: each replica's softmax on ``x[idx]`` (``idx`` of ``n`` examples, or a
+        row of ``n`` per replica) in inference mode."""
         def probs(state, ids, mask, x, _):
             return jax.nn.softmax(self.model.apply(state.variables, self._images(x, ids),
                                                    train=False))
@@ -325,8 +327,9 @@ class Engine:
         """Every replica's BatchNorm running statistics recomputed, with its weights held
         fixed, as the mean of the batch statistics of up to ``num_batches`` training-size
         batches drawn from ``x[idx]`` without replacement by ``key`` (the same images for
-        every replica; the same positions of each replica's row for a per-replica ``idx``); see ``wsjax.warmstart.batch_statistics``. Models without BatchNorm
-        return ``batch_stats`` unchanged."""
+        every replica; the same positions of each replica's row for a per-replica ``idx``);
+        see ``wsjax.warmstart.batch_statistics``. Models without BatchNorm return
+        ``batch_stats`` unchanged."""
         if not jax.tree.leaves(batch_stats):
             return batch_stats
         idx = np.asarray(idx)
@@ -438,7 +441,10 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                                               None), spmd_axis_name=spmd)(
             i, states, totals, order, step_keys, active, x, y, idx, n)
 
-    prepare_all = jax.jit(prepare_all)
+    # Sharded like the replicas, so the step compiled ahead (``compile_host``, from these very
+    # outputs) is the one the epoch calls.
+    prepare_all = jax.jit(prepare_all, **({} if parallel is None else
+                                          {"out_shardings": parallel.state_sharding}))
     step_all = jax.jit(step_all, donate_argnums=(1, 2), **shard)
 
     def host_epoch(states, keys, active, x, y, idx, n):
@@ -450,8 +456,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
 
     def compile_host(states, keys, active, x, y, idx, n):
         n = int(n)
-        prepare_all.lower(keys, idx, n).compile()
-        order, step_keys, totals = jax.eval_shape(prepare_all, keys, idx, n)
+        # Run for real (cheap): its outputs carry the shardings the step will be called with.
+        order, step_keys, totals = prepare_all(keys, idx, n)
         step_all.lower(0, states, totals, order, step_keys, active, x, y, idx, n).compile()
 
     return EpochFn(host_epoch, compile_host)

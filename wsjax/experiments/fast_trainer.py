@@ -69,6 +69,9 @@ class FastTrainerConfig(Checked):
     shrink: tuple[float, ...] = option((0.6, 0.3), "shrink values of the shrink-perturb arms "
                                        "(warm-start mode)", nargs="*", check=FRACTION)
     noise: float = option(0.01, "noise scale of the shrink-perturb arms", check=NON_NEGATIVE)
+    shared_round1: bool = option(False, "warm-start mode: start every arm's round 2 from one "
+                                 "plain round 1 (by default a shrink-perturb arm transforms "
+                                 "its init before round 1 too, as the official code does)")
     dataset: str = option("cifar10", "cifar10, or synthetic[:classes[:size]]")
     data_dir: str | None = option(None, "folder with <dataset>.npz (when not given: "
                                   "$WSJAX_DATA_DIR, else ~/.cache/wsjax)")
@@ -167,9 +170,9 @@ class SeedTrainer:
     """The two-phase protocol's trainer for one seed of the fast trainer.
 
     Random init and round 1 start from the same initialization (whitening from the same
-    first images); every warm arm adds the same fresh init, and no arm touches the frozen
-    whitening filters. A stage's ``result`` is its timed row (train and test-time-augmented
-    evaluation), none for round 1.
+    first images); every warm arm adds the same fresh init at round 2 (an arm's own round 1
+    another), and no arm touches the frozen whitening filters. A stage's ``result`` is its
+    timed row (train and test-time-augmented evaluation), none for a round 1.
     """
 
     def __init__(self, recipe: Recipe, data, seed: int, speedruns: dict):
@@ -179,6 +182,9 @@ class SeedTrainer:
         full = self.speedrun(len(x))
         self.init = full.init(k_init, x)
         self.fresh_params = full.init(k_fresh, x)["params"]
+        # An arm's own round 1 draws other noise than its round 2 (the official code builds a
+        # new network at every round); computed when first needed.
+        self._k_fresh_round1, self._fresh_round1 = jax.random.fold_in(k_fresh, 1), None
         self.mask = frozen_mask(self.init["params"], recipe)
 
     def speedrun(self, n: int) -> Speedrun:
@@ -192,8 +198,14 @@ class SeedTrainer:
         return self.init
 
     def arm_inputs(self, arm: Arm, stage: str, idx) -> dict:
-        """The fresh init every arm's noise comes from, and the mask of trainable weights."""
-        return {"fresh": self.fresh_params, "mask": self.mask}
+        """The fresh init an arm's noise comes from (one for round 2, another for an arm's
+        own round 1), and the mask of trainable weights."""
+        if not stage.startswith("round1"):
+            return {"fresh": self.fresh_params, "mask": self.mask}
+        if self._fresh_round1 is None:
+            self._fresh_round1 = self.speedrun(len(self.data[0])).init(
+                self._k_fresh_round1, self.data[0])["params"]
+        return {"fresh": self._fresh_round1, "mask": self.mask}
 
     def train(self, stage: str, variables: dict, idx, opt_state=None) -> Round:
         """A whole run of the recipe on ``x[idx]`` from ``variables``; timed and evaluated
@@ -223,9 +235,13 @@ def mode_warm_start(recipe: Recipe, ds, data, cfg: FastTrainerConfig) -> tuple[d
     speedruns = {}
     for i in range(cfg.runs):
         outcome = run_two_phase(SeedTrainer(recipe, data, i, speedruns),
-                                fit_idx=np.arange(len(data[0])), first_fraction=0.5, arms=arms)
+                                fit_idx=np.arange(len(data[0])), first_fraction=0.5, arms=arms,
+                                shared_round1=cfg.shared_round1)
         for name, trained in outcome.final.items():
             rows[name].append(trained.result)
+    print("shrink-perturb arms: " + ("round 2 from the plain round 1 (--shared-round1)"
+                                     if cfg.shared_round1 else "their own round 1 from the "
+                                     "transformed init (official)"))
     out = {}
     for arm, arm_rows in rows.items():
         out[arm] = s = summary(arm_rows)

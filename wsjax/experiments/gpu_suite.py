@@ -421,9 +421,11 @@ def summary_lines(results: dict) -> list[str]:
     for name, r in results["steps"].items():
         value = r.get("value") or {}
         if name == "engine":
-            text = "; ".join(f"{x['model']} x{x['seeds']}{' bp' if x.get('layout') == 'batch-parallel' else ''}"
-                             f" {x['seed_epoch_s']:.4f} s/seed-epoch" for x in value.get("rows", [])
-                             if "seed_epoch_s" in x)
+            text = "; ".join(
+                f"{x['model']} x{x['seeds']}"
+                f"{' bp' if x.get('layout') == 'batch-parallel' else ''}"
+                f" {x['seed_epoch_s']:.4f} s/seed-epoch"
+                for x in value.get("rows", []) if "seed_epoch_s" in x)
         elif name == "torch":
             text = (f"{value['seed_epoch_s']:.3f} s/epoch; engine speed-up per seed-epoch "
                     + ", ".join(f"{k} seeds {v:.1f}x" for k, v in value.get("speedup", {}).items())
@@ -437,7 +439,8 @@ def summary_lines(results: dict) -> list[str]:
             text = f"{value.get('stopped', '')}: " + ", ".join(
                 f"{s} epoch {v['epoch']}" for s, v in value.get("stages", {}).items())
         elif name == "runtime":
-            text = f"{value.get('device_count')} x {value.get('device_kind')}, jax {value.get('jax')}"
+            text = (f"{value.get('device_count')} x {value.get('device_kind')}, "
+                    f"jax {value.get('jax')}")
         else:
             text = f"{value.get('train', '')} train images from {value.get('source', '')}"
         if r["status"] != "ok":

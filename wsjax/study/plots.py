@@ -216,7 +216,8 @@ def plot_sweep(summary: Cells, out_dir) -> Path:
     ax.set_xscale("log")
     # One cell's lr and batch in the run title would name the whole grid after it.
     title = re.sub(r" lr \S+ batch \d+", "", summary.title)
-    return _finish(fig, ax, f"{title}: lr x batch grid ({note})", "seconds to stop rule (o random init, ^ warm start)",
+    return _finish(fig, ax, f"{title}: lr x batch grid ({note})",
+                   "seconds to stop rule (o random init, ^ warm start)",
                    "validation accuracy (%)", Path(out_dir) / "sweep.png")
 
 

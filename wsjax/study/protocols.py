@@ -2,7 +2,9 @@
 
 - ``run_two_phase`` (Table 1 and most figures): ``random_init`` trains on all of the fitted
   split; ``round1`` trains on its first fraction; each ``Arm`` starts round 2 on all of it
-  from round 1's weights (``warm_round``: ``warmstart.apply_arm``, then training). It runs on
+  from round 1's weights (``warm_round``: ``warmstart.apply_arm``, then training), a
+  shrink-perturb arm from its own round 1 that began from its transformed init (the official
+  code; ``shared_round1`` for the plain one). It runs on
   any trainer with the methods below, so the study's ``Stages`` and the fast trainer's
   warm-start experiment share it.
 - ``run_online`` (Fig 2, 7 and active learning): data arrive in chunks and every arm retrains
@@ -46,9 +48,10 @@ def warm_round(trainer, arm: Arm, stage: str, source, idx, **options):
 
 @dataclasses.dataclass
 class TwoPhase:
-    """What ``run_two_phase`` trained: ``round1`` (the plain one), the final round of every
-    arm (``random_init`` first when it ran), and ``round1s``: each warm arm's round 1 (its
-    own for an arm that transforms the initialization, else ``round1``)."""
+    """What ``run_two_phase`` trained: ``round1`` (the plain one; None when no arm started
+    from it), the final round of every arm (``random_init`` first when it ran), and
+    ``round1s``: the round 1 of each arm that transforms the initialization (the others
+    started from ``round1``)."""
 
     round1: Any
     final: dict[str, Any]
@@ -74,27 +77,40 @@ def run_two_phase(trainer, *, fit_idx, first_fraction: float = 0.5, arms: Sequen
     round 1's. Stages are named ``random_init``, ``round1`` and ``round2_<arm>``.
 
     As in the official code, an arm that shrinks or perturbs (``transforms_init``) applies
-    its transform before round 1 too: its round 1 (stage ``round1_<arm>``) trains from the
-    transformed fresh init, on the same data as ``round1``. ``shared_round1`` instead starts
-    every arm's round 2 from the one plain ``round1`` (cheaper; the arms then differ only
-    from round 2 on). ``fit_idx`` is ``(n,)``, or ``(replicas, n)`` with a row per seed.
+    its transform before round 1 too: its round 1 (stage ``round1_<arm>``, named after the
+    first arm with that shrink and noise; the others share it) trains from the transformed
+    fresh init, on the same data as ``round1``. ``shared_round1`` instead starts every arm's
+    round 2 from the one plain ``round1`` (cheaper; the arms then differ only from round 2
+    on). The plain ``round1`` is trained only when an arm starts from it or there are no arms
+    (``TwoPhase.round1`` is None otherwise). ``fit_idx`` is ``(n,)``, or ``(replicas, n)``
+    with a row per seed.
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names) or RANDOM in names:
         raise ValueError(f"arm names must be unique and not {RANDOM!r}; got {names}")
     first = wdata.first_fraction(fit_idx, first_fraction)
     r1_options = options if round1_options is None else round1_options
+    own = [] if shared_round1 else [a for a in arms if transforms_init(a)]
     final = {}
     if include_random:
         final[RANDOM] = trainer.train(RANDOM, trainer.fresh(RANDOM), fit_idx, **options)
-    round1 = trainer.train("round1", trainer.fresh("round1"), first, **r1_options)
-    round1s = {}
+    round1 = None
+    if len(own) < len(arms) or not arms:  # an arm (or the caller: no arms) starts from it
+        round1 = trainer.train("round1", trainer.fresh("round1"), first, **r1_options)
+    round1s, by_transform = {}, {}
     for arm in arms:
-        if not shared_round1 and transforms_init(arm):
-            init = trainer.fresh("round1")  # round1's own init, then the arm's transform
-            start = _Start(init["params"], init["batch_stats"], None)
-            round1s[arm.name] = warm_round(trainer, arm, f"round1_{arm.name}", start, first,
-                                           **r1_options)
+        if arm in own:
+            # One round 1 per transform: arms that differ only in what they do at round 2
+            # (BN statistics, optimizer state) share it, noise draw included.
+            transform = (arm.shrink, arm.noise_scale, arm.noise_kind)
+            if transform not in by_transform:
+                init = trainer.fresh("round1")  # round1's init, then the arm's transform
+                start = _Start(init["params"], init["batch_stats"], None)
+                # Round 1 begins like the official code's: fresh BN statistics, a new optimizer.
+                first_arm = dataclasses.replace(arm, bn="reset", optimizer="reset")
+                by_transform[transform] = warm_round(trainer, first_arm, f"round1_{arm.name}",
+                                                     start, first, **r1_options)
+            round1s[arm.name] = by_transform[transform]
         source = round1s.get(arm.name, round1)
         final[arm.name] = warm_round(trainer, arm, f"round2_{arm.name}", source.states, fit_idx,
                                      **options)

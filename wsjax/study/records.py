@@ -465,11 +465,12 @@ def migrate_config_v1(config: dict) -> dict:
 
 def migrate_config(config: dict) -> dict:
     """A saved run config of any earlier wsjax as this one writes it (``migrate_config_v1``,
-    then the split and round 1: before ``fixed_split`` and ``shared_round1`` existed every seed
-    shared one split and every arm one round 1; then the stop rule): before ``plateau_min_epochs`` existed, a plateau window left unset
+    then what older versions did without a flag for it): every seed shared one split
+    (``fixed_split``), the arms of a two-phase run shared one plain round 1
+    (``shared_round1``), and before ``plateau_min_epochs`` existed a plateau window left unset
     meant 3 epochs for every model but the ResNets, from the first epoch on. Written out, a
-    resume with today's defaults (the official rule) is refused as a different config rather
-    than silently switching rules half way."""
+    resume with today's defaults is refused as a different config rather than silently
+    switching protocols half way."""
     config = migrate_config_v1(config)
     if "split_seed" in config and "fixed_split" not in config:
         config["fixed_split"] = True  # every seed shared one split before the flag existed
