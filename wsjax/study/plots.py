@@ -373,5 +373,6 @@ def plot_bn_stats(summary: Cells, out_dir) -> Path:
         axes[-1, j].set_yscale("log")
         axes[-1, j].set_xlabel("epoch of the final round (0: its starting weights)")
     axes[0, 0].legend(fontsize=7, title=f"bands: {note}", title_fontsize=7)
-    fig.suptitle(summary.title, fontsize=9)
+    # Titles of runs recorded before describe() said "1 seed" read "1 seeds".
+    fig.suptitle(summary.title.replace(" 1 seeds", " 1 seed"), fontsize=9)
     return _save(fig, Path(out_dir) / "bn_stats.png")
