@@ -11,7 +11,8 @@ from wsjax.experiments import gpu_suite
 
 def test_tiny_suite_runs_every_step_and_records_it(tmp_path):
     cfg = gpu_suite.SuiteConfig(out=str(tmp_path / "suite"), tiny=True,
-                                table1_out=str(tmp_path / "table1"))
+                                table1_out=str(tmp_path / "table1"),
+                                study_out=str(tmp_path / "study"))
     results = gpu_suite.run(cfg)
     steps = results["steps"]
     assert list(steps) == list(gpu_suite.STEPS)
@@ -34,6 +35,14 @@ def test_tiny_suite_runs_every_step_and_records_it(tmp_path):
     # came as the run was exiting, by the signal itself (-2).
     assert table1["returncode"] in (0, 130, -2)
     assert table1["stages"] and all(s["epoch"] >= 1 for s in table1["stages"].values())
+    # The study's runs finish on tiny data, and their result files (no checkpoints) come back.
+    for name, run in steps["study"]["value"].items():
+        assert run["returncode"] == 0, run["output_tail"]
+        assert "results.json" in run["copied"] or any(
+            c.endswith("/results.json") for c in run["copied"])
+        assert not any("checkpoints" in c for c in run["copied"])
+        assert (tmp_path / "suite" / "study" / name / "config.json").exists() or \
+            name == "table1_logreg_mlp"
     if "skipped" not in steps["torch"]["value"]:
         assert steps["torch"]["value"]["speedup"]
 

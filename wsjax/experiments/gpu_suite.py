@@ -1,9 +1,10 @@
 """The GPU suite: one command that turns a (rare, 15-minute) GPU draw into numbers.
 
-    python -m experiments.gpu_suite --out $OUT          # on the GPU machine (about 6 minutes)
-    wsjax gpu_suite --tiny --out /tmp/suite             # any CPU, under a minute: synthetic data
+    python -m experiments.gpu_suite --out $OUT          # on the GPU machine (about 8 minutes)
+    wsjax gpu_suite --tiny --out /tmp/suite             # any CPU, about a minute: synthetic data
 
-Steps, in this order, each under its own time budget (seconds, ``--budgets``); a step that
+Steps, in this order, each under its own time budget (seconds, ``BUDGETS``, all scaled by
+``--budget`` / 480); a step that
 fails is recorded with its error and the suite goes on. After every step ``suite.json`` in
 ``--out`` is rewritten, so a suite cut short still leaves what it measured; ``suite.log`` holds
 everything printed.
@@ -30,13 +31,19 @@ everything printed.
    Each timer covers whitening init, training and TTA evaluation (airbench's own timer for
    it). Targets: time ratio <= 0.5, accuracy at most 0.1 pp lower. Without torch, CUDA or
    airbench only wsjax's runs are timed, and the reason is printed.
-6. ``table1``: with the time left, the Table 1 ResNet-18 Adam cell (random init, warm start,
+6. ``study``: the study's MLP and logistic-regression evidence under the official protocol
+   (``STUDY``: the main job with shrink-perturb 0.6 and 0.3, then Table 1's logreg and MLP cells;
+   ``--study-seeds`` seeds, 99% rule with the epoch cap, a split per seed), one run after
+   another, each interrupted cleanly at the step's budget; their result files come back in
+   ``<out>/study/<name>`` for ``wsjax claims``.
+7. ``table1``: with the time left, the Table 1 ResNet-18 Adam cell (random init, warm start,
    shrink-perturb 0.6/0.01; ``--table1-seeds`` seeds; 99% rule) as ``wsjax table1`` in a
    subprocess, interrupted cleanly (SIGINT, checkpoint kept) at the budget; how far each stage
    got is reported. ``--table1-out`` keeps its run directory for a later resume.
 
 ``--tiny`` runs every step on small synthetic data with tiny budgets (the CI test): the engine
-step times the MLP only (its batch-parallel row too), the table1 step the MLP; the torch and
+step times the MLP only (its batch-parallel row too), the study and table1 steps run on
+synthetic data (table1 with the MLP); the torch and
 airbench parts skip with a message where those are missing.
 """
 
@@ -58,15 +65,15 @@ from pathlib import Path
 from wsjax.experiments.flags import COUNT, POSITIVE, Checked, option, parse
 from wsjax.study.runlog import write_json
 
-STEPS = ("runtime", "data", "engine", "torch", "fast_trainer", "table1")
+STEPS = ("runtime", "data", "engine", "torch", "fast_trainer", "study", "table1")
 # Seconds per step (the table1 step also gets whatever the others left of --budget).
-BUDGETS = {"runtime": 5, "data": 60, "engine": 110, "torch": 45, "fast_trainer": 130,
-           "table1": 60}
+BUDGETS = {"runtime": 5, "data": 30, "engine": 110, "torch": 45, "fast_trainer": 90,
+           "study": 200, "table1": 60}
 NEEDS_DATA = ("engine", "torch", "fast_trainer")  # table1 reads --data itself
 EPOCH_SIZE = 33_333  # the study's fitted split of CIFAR-10 (2/3 of 50,000)
 DATA_SHA256 = "42fb3ed17758280ba0a283c00442f3c598fc49fa132b4f6e52a971501020cbe7"
-TINY = {"seeds": (1, 2), "chunk_steps": 2, "runs": 2, "table1_seeds": 2, "budget": 60.0,
-        "epoch_size": 512}
+TINY = {"seeds": (1, 2), "chunk_steps": 2, "runs": 2, "table1_seeds": 2, "study_seeds": 2,
+        "budget": 60.0, "epoch_size": 512}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +85,7 @@ class SuiteConfig(Checked):
                        "cifar_from_jpeg.py to make it")
     steps: tuple[str, ...] = option(STEPS, "steps to run, in the suite's order", nargs="*",
                                     choices=STEPS)
-    budget: float = option(420.0, "seconds for the whole suite; the table1 step gets what the "
+    budget: float = option(480.0, "seconds for the whole suite; the table1 step gets what the "
                            "others leave", check=POSITIVE)
     seeds: tuple[int, ...] = option((1, 8, 32), "vmapped seed counts timed in the engine step",
                                     nargs="*", check=COUNT)
@@ -86,6 +93,10 @@ class SuiteConfig(Checked):
                               "epoch)", check=COUNT)
     epoch_size: int = option(EPOCH_SIZE, "examples per timed epoch", check=COUNT)
     runs: int = option(5, "timed runs of each system in the fast_trainer step", check=COUNT)
+    study_seeds: int = option(10, "seeds of each run of the study step", check=COUNT)
+    study_out: str | None = option(None, "folder of the study step's run directories (default: "
+                                   "one in --out's parent; their result files are copied to "
+                                   "<out>/study)")
     table1_seeds: int = option(5, "seeds of the table1 step", check=COUNT)
     table1_out: str | None = option(None, "run directory of the table1 step (default: a "
                                     "folder in --out's parent that is not brought back)")
@@ -343,7 +354,63 @@ def _table1_command(cfg, run_dir: str) -> list[str]:
 def step_table1(cfg, ctx, deadline) -> dict:
     """The Table 1 ResNet-18 Adam cell until ``deadline``; how far each stage got."""
     run_dir = cfg.table1_out or str(Path(cfg.out).resolve().parent / "gpu_suite_table1")
-    command = _table1_command(cfg, run_dir)
+    return _run_wsjax(_table1_command(cfg, run_dir), run_dir, deadline)
+
+
+# The study's MLP and logistic-regression evidence (issue 12): minutes on a GPU, hours here.
+# Checkpoints every 25 epochs: a checkpoint per epoch would cost more than the epoch.
+STUDY = {
+    "two_phase_mlp_adam": ["warm_start", "--model", "mlp", "--optimizer", "adam", "--shrink",
+                           "0.6", "0.3"],
+    "table1_logreg_mlp": ["table1", "--models", "logreg", "mlp"],
+}
+
+
+def step_study(cfg, ctx, deadline) -> dict:
+    """The runs of ``STUDY`` (``--study-seeds`` seeds, official protocol) one after another
+    until ``deadline``; each run's result files (not its checkpoints) are copied to
+    ``<out>/study/<name>``."""
+    root = Path(cfg.study_out or Path(cfg.out).resolve().parent / "gpu_suite_study")
+    out = {}
+    for name, flags in STUDY.items():
+        if time.perf_counter() > deadline:
+            out[name] = {"stopped": "not started: no time left in the step's budget"}
+            print(f"  {name}: not started (budget)")
+            continue
+        if cfg.tiny:
+            data = ["--dataset", "synthetic:10:16", "--train-subset", "256", "--max-epochs", "2"]
+        else:
+            data = ["--data-dir", cfg.data]
+        command = [sys.executable, "-m", "wsjax", *flags, "--seeds", str(cfg.study_seeds),
+                   "--checkpoint-every", "25", "--progress", "off", "--out",
+                   str(root / name), *data]
+        out[name] = _run_wsjax(command, str(root / name), deadline, keep_results=False)
+        out[name]["copied"] = _bring_back(root / name, Path(cfg.out) / "study" / name)
+    return out
+
+
+def _bring_back(run_dir: Path, dest: Path) -> list[str]:
+    """Copies a run's result files (results, configs, metrics, figures; no checkpoints)
+    from ``run_dir`` to ``dest``; returns their paths relative to it."""
+    import shutil
+
+    copied = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and "checkpoints" not in rel.parts and path.suffix in (
+                ".json", ".jsonl", ".png"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / rel)
+            copied.append(str(rel))
+    return copied
+
+
+def _run_wsjax(command: list[str], run_dir: str, deadline: float,
+               keep_results: bool = True) -> dict:
+    """Runs ``command`` (a ``python -m wsjax ...`` run writing to ``run_dir``) until it ends
+    or ``deadline``, when it is interrupted cleanly (SIGINT: its checkpoints are kept, so the
+    same command resumes it); how it ended and how far each of its stages got (and its
+    results when ``keep_results``)."""
     print("  " + " ".join(command[1:]))
     start = time.perf_counter()
     # This process keeps its share of the GPU: the run gets part of the rest.
@@ -368,8 +435,9 @@ def step_table1(cfg, ctx, deadline) -> dict:
            "stopped": stopped, "seconds": time.perf_counter() - start,
            "stages": _stage_progress(Path(run_dir)),
            "output_tail": lines[-25:]}
-    out["results"] = {p.parent.name: json.loads(p.read_text())
-                      for p in sorted(Path(run_dir).glob("*/results.json"))}
+    if keep_results:
+        out["results"] = {str(p.parent.relative_to(run_dir)): json.loads(p.read_text())
+                          for p in sorted(Path(run_dir).rglob("results.json"))}
     print(f"  {stopped}, exit {proc.returncode}, {out['seconds']:.0f} s")
     for stage, s in out["stages"].items():
         print(f"  {stage:48s} epoch {s['epoch']:3d}  train acc {s['train_acc_mean']:.1%}  "
@@ -398,21 +466,24 @@ def _reader(proc, lines):
 
 
 def _stage_progress(run_dir: Path) -> dict:
-    """The last epoch logged for each cell and stage in a table1 run's ``metrics.jsonl``
-    files (one per cell)."""
+    """The last epoch logged for each stage (of each cell) in a run's ``metrics.jsonl``
+    files."""
     stages = {}
-    for path in sorted(run_dir.glob("*/metrics.jsonl")):
+    for path in sorted(run_dir.rglob("metrics.jsonl")):
+        where = str(path.parent.relative_to(run_dir))
         for text in path.read_text().splitlines():
             row = json.loads(text)
             accs = [a for a in row.get("train_acc", []) if a is not None]
-            stages[f"{path.parent.name}/{row.get('stage', 'run')}"] = {
+            stage = row.get("stage", "run") if where == "." else f"{where}/{row.get('stage')}"
+            stages[stage] = {
                 "epoch": row.get("epoch", 0), "active": sum(row.get("active", [])),
                 "train_acc_mean": sum(accs) / len(accs) if accs else float("nan")}
     return stages
 
 
 RUNNERS = {"runtime": step_runtime, "data": step_data, "engine": step_engine,
-           "torch": step_torch, "fast_trainer": step_fast_trainer, "table1": step_table1}
+           "torch": step_torch, "fast_trainer": step_fast_trainer, "study": step_study,
+           "table1": step_table1}
 
 
 def summary_lines(results: dict) -> list[str]:
@@ -438,6 +509,8 @@ def summary_lines(results: dict) -> list[str]:
         elif name == "table1":
             text = f"{value.get('stopped', '')}: " + ", ".join(
                 f"{s} epoch {v['epoch']}" for s, v in value.get("stages", {}).items())
+        elif name == "study":
+            text = "; ".join(f"{k}: {v.get('stopped', '')}" for k, v in value.items())
         elif name == "runtime":
             text = (f"{value.get('device_count')} x {value.get('device_kind')}, "
                     f"jax {value.get('jax')}")
@@ -475,7 +548,8 @@ def run(cfg: SuiteConfig) -> dict:
             budget = BUDGETS[name] * scale
             deadline = end if name == "table1" else min(step_start + budget, end)
             if cfg.tiny:  # a test of every step: none is skipped or cut short for time
-                deadline = max(deadline, step_start + (120 if name == "table1" else 10))
+                deadline = max(deadline, step_start + (120 if name in ("study", "table1")
+                                                       else 10))
             print(f"== {name} (budget {deadline - step_start:.0f} s)")
             record = {"status": "ok"}
             try:
