@@ -142,16 +142,19 @@ def protocol_notes(*runs) -> str:
     """How the evidence of ``runs`` (records; a sweep's cells count) departs from the official
     protocol in ways the table must show: one split shared by every seed (every run written
     before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
-    notes = []
+    return "; ".join(dict.fromkeys(_deviations(runs)))
+
+
+def _deviations(runs):
+    """The notes of ``protocol_notes``, one per run and deviation (repeats included)."""
     for record in runs:
         config = getattr(record, "config", None) or {}
         if "split_seed" in config and config.get("fixed_split", True):
-            notes.append("one split for all seeds")
+            yield "one split for all seeds"
         two_phase = getattr(record, "script", "") not in ("online", "transfer", "shrink_only")
         if two_phase and config.get("shrink") and config.get("shared_round1", True):
-            notes.append("S&P arms share round 1")
-        notes += protocol_notes(*getattr(record, "cells", {}).values()).split("; ")
-    return "; ".join(dict.fromkeys(n for n in notes if n))
+            yield "S&P arms share round 1"
+        yield from _deviations(getattr(record, "cells", {}).values())
 
 
 def stop_counts(*row_lists) -> str:
