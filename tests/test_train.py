@@ -198,26 +198,32 @@ def test_host_and_device_loops_agree(tiny):
     idx, n = pad_indices(np.arange(100), 120)
     out = {}
     for loop in ("device", "host"):
-        engine = Engine(model, tx, batch_size=32, loop=loop, input_shape=(8, 8, 3))
-        out[loop] = engine.epoch(engine.init_states(keys), keys, jnp.array([True, False]), x, y,
-                                 jnp.asarray(idx), n)
+        for replicas in ("vmap", "unroll"):
+            engine = Engine(model, tx, batch_size=32, loop=loop, replicas=replicas,
+                            input_shape=(8, 8, 3))
+            out[loop, replicas] = engine.epoch(engine.init_states(keys), keys,
+                                               jnp.array([True, False]), x, y,
+                                               jnp.asarray(idx), n)
     # The last batch has 4 examples, so stage 4's BN sees four 1x1 maps: a one-pass variance
     # made the two compilations differ by 1e-2 here (jax 0.7); the two-pass one agrees to ~1e-5.
-    chex.assert_trees_all_close(out["host"], out["device"], rtol=1e-4, atol=1e-4)
-    assert int(out["host"][0].step[0]) == 4 and int(out["host"][0].step[1]) == 0
+    for layout in out:
+        chex.assert_trees_all_close(out[layout], out["device", "vmap"], rtol=1e-4, atol=1e-4)
+    assert int(out["host", "unroll"][0].step[0]) == 4
+    assert int(out["host", "unroll"][0].step[1]) == 0
     with pytest.raises(ValueError, match="loop='gpu'"):
         Engine(model, tx, batch_size=32, loop="gpu", input_shape=(8, 8, 3))
     with pytest.raises(ValueError, match="jit=False"):
         make_epoch_fn(model, tx, batch_size=32, loop="host", jit=False)
 
 
-@pytest.mark.parametrize("loop", ["device", "host"])
-def test_passes_over_data_are_exact(tiny, loop):
+@pytest.mark.parametrize("loop,replicas", [("device", "vmap"), ("host", "vmap"),
+                                           ("host", "unroll")])
+def test_passes_over_data_are_exact(tiny, loop, replicas):
     """predict, grad_norms and recompute_batch_stats against direct computations, in both
-    loop kinds (a padded last batch, so every example counts once)."""
+    loop kinds and replica layouts (a padded last batch, so every example counts once)."""
     model = create_model("resnet18_narrow", 4, widths=(4, 4, 4, 4))
     engine = Engine(model, make_optimizer("sgd", 0.1), batch_size=16, eval_batch_size=24,
-                    loop=loop, input_shape=(8, 8, 3))
+                    loop=loop, replicas=replicas, input_shape=(8, 8, 3))
     states = engine.init_states(replica_keys([0, 1]))
     x, y = jax.device_put(tiny.x_train), jax.device_put(tiny.y_train)
     images = lambda ids: tiny.x_train[ids] / 127.5 - 1.0

@@ -16,7 +16,9 @@ leading axis:
 Loop kind: ``'device'`` compiles a whole pass into one call; ``'host'`` calls one compiled
 batch at a time from Python (still no host sync per batch). ``'auto'`` picks ``'host'`` only
 for conv nets on a CPU, where XLA runs convolutions inside compiled loops 30-40x slower
-(``wsjax.train.default_loop``). Both give the same numbers. Sharding is applied at the
+(``wsjax.train.default_loop``). Replicas are vmapped, or unrolled (one copy of the step per
+replica) for conv nets on a CPU, where a vmapped convolution is a slow grouped one
+(``wsjax.replicas``). Either choice gives the same numbers. Sharding is applied at the
 boundary through an optional ``wsjax.parallel.DataParallel``.
 
 >>> engine = Engine(create_model("mlp", 10), make_optimizer("adam", 1e-3), batch_size=128)
@@ -42,6 +44,7 @@ from wsjax.data import padded_batches
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
+from wsjax.replicas import replica_map, resolve_replicas
 from wsjax.train import (DivergenceGuard, FitProgress, StopRule, TrainState, fold_in_replicas,
                          make_train_step, metric_sums, pad_indices, resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
@@ -57,7 +60,9 @@ class Engine:
     mean cross-entropy) and ``after_update(params, key) -> params`` runs after every optimizer
     step (e.g. shrink-perturb at every step). ``guard`` (a ``wsjax.train.DivergenceGuard``;
     None turns it off) decides when a step has diverged: the step is not applied, and ``fit``
-    stops that replica with stop reason ``'diverged'`` while the others go on.
+    stops that replica with stop reason ``'diverged'`` while the others go on. ``loop`` and
+    ``replicas`` (``'auto'``, or as in the module docstring) decide how the compiled program
+    is laid out, never what it computes.
     ``replace(**changes)`` gives an engine with other decisions (another batch size for a
     sweep cell).
     """
@@ -65,8 +70,8 @@ class Engine:
     def __init__(self, model: nn.Module, tx: optax.GradientTransformation, *,
                  batch_size: int = 128, eval_batch_size: int = 1000,
                  normalization: str = "study", augmentations=(), input_shape=(32, 32, 3),
-                 loop: str = "auto", parallel: DataParallel | None = None,
-                 objective: Objective | None = None, after_update: Callable | None = None,
+                 loop: str = "auto", replicas: str = "auto",
+                 parallel: DataParallel | None = None, objective: Objective | None = None, after_update: Callable | None = None,
                  guard: DivergenceGuard | None = DivergenceGuard()):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not (isinstance(value, (int, np.integer)) and value >= 1):
@@ -76,16 +81,18 @@ class Engine:
                              f"{sorted(NORMALIZATIONS)}")
         self._options = dict(batch_size=batch_size, eval_batch_size=eval_batch_size,
                              normalization=normalization, augmentations=tuple(augmentations),
-                             input_shape=tuple(input_shape), loop=loop, parallel=parallel,
-                             objective=objective, after_update=after_update, guard=guard)
+                             input_shape=tuple(input_shape), loop=loop, replicas=replicas,
+                             parallel=parallel, objective=objective, after_update=after_update, guard=guard)
         self.model, self.tx = model, tx
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalization, self.input_shape = normalization, tuple(input_shape)
         self.parallel = parallel
         self.loop = resolve_loop(loop, model, self.input_shape)
+        self.replicas = resolve_replicas(replicas, model, self.input_shape, parallel)
         self._spmd = parallel.spmd_axis_name if parallel is not None else None
         self.epoch = make_epoch_fn(
-            model, tx, batch_size=batch_size, loop=self.loop, parallel=parallel,
+            model, tx, batch_size=batch_size, loop=self.loop, replicas=self.replicas,
+            parallel=parallel,
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
             after_update=after_update, guard=guard)
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
@@ -223,8 +230,8 @@ class Engine:
             return self._passes[key]
         add = lambda a, b: jax.tree.map(jnp.add, a, b)
         axis = 0 if per_replica_ids else None
-        vmapped = lambda f: jax.vmap(f, in_axes=(0, axis, axis, None, None),
-                                     spmd_axis_name=self._spmd)
+        vmapped = lambda f: replica_map(f, (0, axis, axis, None, None), self.replicas,
+                                        self._spmd)
 
         if self.loop == "host":
             one = jax.jit(vmapped(fn))
@@ -349,8 +356,8 @@ class Engine:
 
 
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
-                  loop: str = "device", preprocess: Callable | None = None,
-                  parallel: DataParallel | None = None, jit: bool = True,
+                  loop: str = "device", replicas: str = "vmap",
+                  preprocess: Callable | None = None, parallel: DataParallel | None = None, jit: bool = True,
                   objective: Objective | None = None, after_update: Callable | None = None,
                   guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
@@ -371,6 +378,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     ``loop='device'`` compiles the whole epoch into one call (a ``lax.fori_loop`` over steps,
     no host round trip); ``'host'`` dispatches one compiled step per batch from Python (still
     no host sync: batches are gathered on the device); both give the same result.
+    ``replicas`` maps the step over the replica axis (``wsjax.replicas.replica_map``:
+    ``'vmap'``, or ``'unroll'`` for conv nets on a CPU); the same result either way.
     ``jit=False`` returns the un-jitted device-loop function (for tracing tests).
     ``preprocess``, ``objective``, ``after_update`` and ``guard`` go to ``make_train_step``.
     """
@@ -422,8 +431,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
 
     if loop == "device":
         def epoch(states, keys, active, x, y, idx, n):
-            return jax.vmap(one_replica, in_axes=(0, 0, 0, None, None, idx_axis(idx), None),
-                            spmd_axis_name=spmd)(states, keys, active, x, y, idx, n)
+            return replica_map(one_replica, (0, 0, 0, None, None, idx_axis(idx), None),
+                               replicas, spmd)(states, keys, active, x, y, idx, n)
         if not jit:
             return epoch
         shard = {} if parallel is None else {"out_shardings": (parallel.state_sharding,) * 2}
@@ -437,9 +446,9 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
             keys, idx, n)
 
     def step_all(i, states, totals, order, step_keys, active, x, y, idx, n):
-        return jax.vmap(train_batch, in_axes=(None, 0, 0, 0, 0, 0, None, None, idx_axis(idx),
-                                              None), spmd_axis_name=spmd)(
-            i, states, totals, order, step_keys, active, x, y, idx, n)
+        return replica_map(train_batch, (None, 0, 0, 0, 0, 0, None, None, idx_axis(idx), None),
+                           replicas, spmd)(i, states, totals, order, step_keys, active, x, y,
+                                           idx, n)
 
     # Sharded like the replicas, so the step compiled ahead (``compile_host``, from these very
     # outputs) is the one the epoch calls.
