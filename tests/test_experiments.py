@@ -2,6 +2,7 @@
 each one's results must say."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,3 +203,19 @@ def test_verdicts_from_student_t_intervals():
     assert v((5.0, 0.1), 5, scale="quick run") == "no verdict (quick run)"
     lo, hi = claims.interval((0.0, 1.0), 5)
     assert hi == pytest.approx(2.776, abs=1e-3) and lo == -hi
+
+
+def test_protocol_notes_name_each_deviation():
+    """The evidence column says where a run departs from the official protocol: a subset,
+    the plateau fallback, one split for all seeds, S&P arms sharing round 1 (per run, so a
+    re-run Table 1 cell does not inherit an old cell's notes)."""
+    official = SimpleNamespace(script="warm_start", config={
+        "split_seed": 0, "fixed_split": False, "shrink": [0.6], "shared_round1": False})
+    assert claims.protocol_notes(official) == ""
+    old = SimpleNamespace(script="warm_start", config={
+        "split_seed": 0, "train_subset": 15000, "plateau_window": 10, "plateau_std": 0.002,
+        "plateau_min_epochs": 20, "shrink": [0.6]})
+    assert claims.protocol_notes(old) == (
+        "15,000-image subset; plateau fallback: 10-epoch train acc std < 0.002, from epoch 20; "
+        "one split for all seeds; S&P arms share round 1")
+    assert claims.protocol_notes(official, old, old).count("subset") == 1

@@ -140,7 +140,8 @@ def _per_seed(rows, values, key):
 
 def protocol_notes(*runs) -> str:
     """How the evidence of ``runs`` (records; a sweep's cells count) departs from the official
-    protocol in ways the table must show: one split shared by every seed (every run written
+    protocol in ways the table must show: a subset of the training images, the "stops
+    improving" fallback beside the 99% rule, one split shared by every seed (every run written
     before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
     return "; ".join(dict.fromkeys(_deviations(runs)))
 
@@ -149,6 +150,12 @@ def _deviations(runs):
     """The notes of ``protocol_notes``, one per run and deviation (repeats included)."""
     for record in runs:
         config = getattr(record, "config", None) or {}
+        if config.get("train_subset"):
+            yield f"{config['train_subset']:,}-image subset"
+        if config.get("plateau_window"):
+            yield (f"plateau fallback: {config['plateau_window']}-epoch train acc std < "
+                   f"{config.get('plateau_std', 0.002):g}, from epoch "
+                   f"{config.get('plateau_min_epochs', 0)}")
         if "split_seed" in config and config.get("fixed_split", True):
             yield "one split for all seeds"
         two_phase = getattr(record, "script", "") not in ("online", "transfer", "shrink_only")
@@ -207,22 +214,28 @@ class Table:
 
 
 def _table1(t: Table, name: str, cells: list[tuple[str, records.Run]]):
+    # Cells may come from different runs (a cell re-run alone): each carries its own notes.
     for cell, rec in cells:
+        t.scale, t.notes = small_scale(rec), protocol_notes(rec)
         t.gap("Warm-started models generalize worse (random init - warm start, val acc)",
               f"Table 1 {cell}", rec.results)
     for cell, rec in cells:
-        # Compute as passes over the full fitted split (epochs x share of the data): unlike
-        # seconds on a shared machine, it does not depend on what else was running.
-        res, frac = rec.results, rec.config["first_fraction"]
-        r1 = {r.seed: r.epochs for r in res["warm_start"].round1}
-        fresh = [{"seed": r.seed, "p": r.epochs} for r in res["random_init"].seeds]
-        final = [{"seed": r.seed, "p": r.epochs} for r in res["warm_start"].seeds]
-        both = [{"seed": r.seed, "p": r.epochs + frac * r1[r.seed]}
-                for r in res["warm_start"].seeds]
-        t.paired("Warm-starting saves compute (random init - warm start, final round)",
-                 f"Table 1 {cell}", fresh, final, "p", 1.0, unit="passes")
-        t.paired("... even counting round 1 (random init - warm start, both rounds)",
-                 f"Table 1 {cell}", fresh, both, "p", 1.0, unit="passes")
+        t.scale, t.notes = small_scale(rec), protocol_notes(rec)
+        _compute(t, f"Table 1 {cell}", rec)
+
+
+def _compute(t: Table, evidence: str, rec: records.Run):
+    """Warm start against random init in passes over the fitted split (epochs x share of the
+    data): unlike seconds on a shared machine, it does not depend on what else was running."""
+    res, frac = rec.results, rec.config["first_fraction"]
+    r1 = {r.seed: r.epochs for r in res["warm_start"].round1}
+    fresh = [{"seed": r.seed, "p": r.epochs} for r in res["random_init"].seeds]
+    final = [{"seed": r.seed, "p": r.epochs} for r in res["warm_start"].seeds]
+    both = [{"seed": r.seed, "p": r.epochs + frac * r1[r.seed]} for r in res["warm_start"].seeds]
+    t.paired("Warm-starting saves compute (random init - warm start, final round)",
+             evidence, fresh, final, "p", 1.0, unit="passes")
+    t.paired("... even counting round 1 (random init - warm start, both rounds)",
+             evidence, fresh, both, "p", 1.0, unit="passes")
 
 
 def _label_noise(t: Table, name: str, res: dict, config: dict):
@@ -243,6 +256,8 @@ def _two_phase(t: Table, name: str, rec: records.Run):
         t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", name, res, arm)
         t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", name, res,
               b=arm, test="non_inferior")
+    if res["warm_start"].round1:
+        _compute(t, name, rec)
 
 
 def _shrink_only(t: Table, name: str, rec: records.Run):
@@ -435,10 +450,7 @@ def claims(root: Path, runs=None) -> list[dict]:
     seen = {rec.script for _, rec in found}
     for name, rec in found:
         if rec.script == "table1":
-            cells = _records(Path(root) / name)
-            t.scale = small_scale(*(r for _, r in cells))
-            t.notes = protocol_notes(*(r for _, r in cells))
-            _table1(t, name, cells)
+            _table1(t, name, _records(Path(root) / name))
         elif rec.script in SINGLE:
             t.scale, t.notes = small_scale(rec), protocol_notes(rec)
             SINGLE[rec.script](t, name, rec)
