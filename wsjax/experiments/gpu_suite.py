@@ -32,7 +32,8 @@ everything printed.
    it). Targets: time ratio <= 0.5, accuracy at most 0.1 pp lower. Without torch, CUDA or
    airbench only wsjax's runs are timed, and the reason is printed.
 6. ``study``: the study's MLP and logistic-regression evidence under the official protocol
-   (``STUDY``: the main job with shrink-perturb 0.6 and 0.3, then Table 1's logreg and MLP cells;
+   (``STUDY``: the main job with shrink-perturb 0.6 and 0.3, Table 1's logreg and MLP-SGD
+   cells, label noise, active selection, online, the regularization table;
    ``--study-seeds`` seeds, 99% rule with the epoch cap, a split per seed), one run after
    another, each interrupted cleanly at the step's budget; their result files come back in
    ``<out>/study/<name>`` for ``wsjax claims``.
@@ -360,10 +361,24 @@ def step_table1(cfg, ctx, deadline) -> dict:
 # The study's MLP and logistic-regression evidence (issue 12): minutes on a GPU, hours here.
 # Checkpoints every 25 epochs: a checkpoint per epoch would cost more than the epoch.
 STUDY = {
+    # In order of what the claims table most needs; each a resumable run (issue 12's list).
     "two_phase_mlp_adam": ["warm_start", "--model", "mlp", "--optimizer", "adam", "--shrink",
                            "0.6", "0.3"],
-    "table1_logreg_mlp": ["table1", "--models", "logreg", "mlp"],
+    "table1": ["table1", "--models", "logreg", "--plateau-window", "10"],
+    "table1_mlp_sgd": ["table1", "--models", "mlp", "--optimizers", "sgd", "--plateau-window",
+                       "10"],
+    "label_noise_mlp_adam": ["warm_start", "--model", "mlp", "--optimizer", "adam",
+                             "--label-noise", "0.2", "--shrink", "0.6", "0.3"],
+    "active_mlp_adam": ["online", "--model", "mlp", "--optimizer", "adam", "--shrink", "0.6",
+                        "--select", "margin", "--chunk", "2000", "--rounds", "10"],
+    "online_mlp_adam": ["online", "--model", "mlp", "--optimizer", "adam", "--shrink", "0.6"],
+    "regularization_mlp_adam": ["regularization", "--model", "mlp", "--optimizer", "adam",
+                                "--plateau-window", "10"],
 }
+
+# --tiny: every command of STUDY runs, on grids small enough for synthetic data and CI.
+TINY_FLAGS = {"online": ["--chunk", "32", "--rounds", "2"],
+              "regularization": ["--strengths", "0.01", "--kinds", "l2"]}
 
 
 def step_study(cfg, ctx, deadline) -> dict:
@@ -378,7 +393,8 @@ def step_study(cfg, ctx, deadline) -> dict:
             print(f"  {name}: not started (budget)")
             continue
         if cfg.tiny:
-            data = ["--dataset", "synthetic:10:16", "--train-subset", "256", "--max-epochs", "2"]
+            data = ["--dataset", "synthetic:10:16", "--train-subset", "256", "--max-epochs", "2",
+                    *TINY_FLAGS.get(flags[0], [])]
         else:
             data = ["--data-dir", cfg.data]
         command = [sys.executable, "-m", "wsjax", *flags, "--seeds", str(cfg.study_seeds),
@@ -548,8 +564,8 @@ def run(cfg: SuiteConfig) -> dict:
             budget = BUDGETS[name] * scale
             deadline = end if name == "table1" else min(step_start + budget, end)
             if cfg.tiny:  # a test of every step: none is skipped or cut short for time
-                deadline = max(deadline, step_start + (120 if name in ("study", "table1")
-                                                       else 10))
+                floor = {"study": 300, "table1": 120}.get(name, 10)  # study: 7 short runs
+                deadline = max(deadline, step_start + floor)
             print(f"== {name} (budget {deadline - step_start:.0f} s)")
             record = {"status": "ok"}
             try:
