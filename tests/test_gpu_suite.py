@@ -43,6 +43,7 @@ def test_tiny_suite_runs_every_step_and_records_it(tmp_path):
         assert not any("checkpoints" in c for c in run["copied"])
         # A sweep's or a table's config.json is in each cell's folder.
         folder = tmp_path / "suite" / "study" / name
+        assert folder.is_dir(), f"{name}: no result folder came back"
         assert any((d / "config.json").exists() for d in [folder, *folder.iterdir()])
     assert set(steps["study"]["value"]) == set(gpu_suite.STUDY)
     if "skipped" not in steps["torch"]["value"]:

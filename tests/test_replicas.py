@@ -4,11 +4,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from wsjax.engine import Engine, make_epoch_fn
 from wsjax.models import create_model
+from wsjax.optim import make_optimizer
 from wsjax.parallel import DataParallel, make_mesh
 from wsjax.replicas import replica_map, resolve_replicas
+from wsjax.train import replica_keys
 
 
 def test_unroll_matches_vmap_with_shared_and_mapped_arguments():
@@ -32,6 +36,30 @@ def test_unroll_refuses_what_it_cannot_map():
         replica_map(lambda a, b: a + b, (0, 0), "unroll")(jnp.ones(2), jnp.ones(3))
     with pytest.raises(ValueError, match="'vmap' or 'unroll'"):
         replica_map(lambda a: a, (0,), "loop")
+    with pytest.raises(ValueError, match="scalar leaf"):
+        replica_map(lambda a: a, (0,), "unroll")(jnp.float32(1.0))
+    with pytest.raises(ValueError, match="count >= 1"):
+        replica_map(lambda a: a, (0,), "unroll")(jnp.ones((0, 3)))
+    with pytest.raises(ValueError, match="split over devices"):
+        replica_map(lambda a: a, (0,), "unroll", spmd_axis_name="data")
+    with pytest.raises(ValueError, match="replicas='auto' must be 'vmap' or 'unroll'"):
+        make_epoch_fn(create_model("mlp", 4), optax.sgd(0.1), batch_size=8, replicas="auto")
+
+
+def test_unrolled_engine_trains_and_evaluates_each_replica_on_its_own_examples(tiny):
+    """Per-replica (2-d) index rows through the unrolled epoch and evaluation, against vmap."""
+    model = create_model("resnet18_narrow", 4, widths=(4, 4, 4, 4))
+    keys = replica_keys([0, 1])
+    x, y = jax.device_put(tiny.x_train), jax.device_put(tiny.y_train)
+    rows = np.stack([np.arange(0, 40), np.arange(40, 80)])
+    out = {}
+    for replicas in ("vmap", "unroll"):
+        engine = Engine(model, make_optimizer("sgd", 0.05), batch_size=16, replicas=replicas,
+                        loop="host", input_shape=(8, 8, 3))
+        states, sums = engine.epoch(engine.init_states(keys), keys, jnp.array([True, True]),
+                                    x, y, jnp.asarray(rows), 40)
+        out[replicas] = (states, sums, engine.evaluate(states, x, y, rows))
+    chex.assert_trees_all_close(out["unroll"], out["vmap"], rtol=1e-4, atol=1e-5)
 
 
 def test_auto_unrolls_conv_nets_on_cpu_only():

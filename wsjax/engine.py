@@ -7,7 +7,7 @@ leading axis:
 
 - ``init`` / ``new_state``: fresh variables per replica key; a ``TrainState`` placed on the
   devices;
-- ``epoch`` (one compiled call: ``jax.vmap`` over replicas, a ``lax.fori_loop`` over batches
+- ``epoch`` (one compiled call: mapped over replicas, a ``lax.fori_loop`` over batches
   gathered on the device from the uint8 dataset) and ``fit`` (epochs until each replica's
   ``StopRule``);
 - ``evaluate``, ``predict``, ``grad_norms``, ``recompute_batch_stats``: passes over
@@ -44,7 +44,7 @@ from wsjax.data import padded_batches
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
-from wsjax.replicas import replica_map, resolve_replicas
+from wsjax.replicas import REPLICA_MODES, replica_map, resolve_replicas
 from wsjax.train import (DivergenceGuard, FitProgress, StopRule, TrainState, fold_in_replicas,
                          make_train_step, metric_sums, pad_indices, resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
@@ -71,7 +71,8 @@ class Engine:
                  batch_size: int = 128, eval_batch_size: int = 1000,
                  normalization: str = "study", augmentations=(), input_shape=(32, 32, 3),
                  loop: str = "auto", replicas: str = "auto",
-                 parallel: DataParallel | None = None, objective: Objective | None = None, after_update: Callable | None = None,
+                 parallel: DataParallel | None = None, objective: Objective | None = None,
+                 after_update: Callable | None = None,
                  guard: DivergenceGuard | None = DivergenceGuard()):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not (isinstance(value, (int, np.integer)) and value >= 1):
@@ -82,7 +83,8 @@ class Engine:
         self._options = dict(batch_size=batch_size, eval_batch_size=eval_batch_size,
                              normalization=normalization, augmentations=tuple(augmentations),
                              input_shape=tuple(input_shape), loop=loop, replicas=replicas,
-                             parallel=parallel, objective=objective, after_update=after_update, guard=guard)
+                             parallel=parallel, objective=objective, after_update=after_update,
+                             guard=guard)
         self.model, self.tx = model, tx
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalization, self.input_shape = normalization, tuple(input_shape)
@@ -219,9 +221,9 @@ class Engine:
 
     def _pass(self, name: str, fn: Callable, reduce: str, per_replica_ids: bool = False
               ) -> Callable:
-        """Compiles (once per ``name`` and index layout) ``run(replicas, ids, mask, x,
+        """Compiles (once per ``name`` and index layout) ``run(states, ids, mask, x,
         y=None)``: ``fn(replica, ids, mask, x, y)`` of one replica for one batch, applied to
-        every replica (vmapped) and every batch of the ``(num_batches, batch)`` arrays ``ids``
+        every replica (``wsjax.replicas.replica_map``) and every batch of the ``(num_batches, batch)`` arrays ``ids``
         and ``mask`` (``(R, num_batches, batch)`` with ``per_replica_ids``: each replica its
         own examples); its outputs are summed over batches (``reduce='sum'``) or concatenated
         along the example axis (``'concat'``)."""
@@ -236,9 +238,9 @@ class Engine:
         if self.loop == "host":
             one = jax.jit(vmapped(fn))
 
-            def run(replicas, ids, mask, x, y=None):
+            def run(states, ids, mask, x, y=None):
                 batch = (lambda a, i: a[:, i]) if per_replica_ids else (lambda a, i: a[i])
-                outs = [one(replicas, batch(ids, i), batch(mask, i), x, y)
+                outs = [one(states, batch(ids, i), batch(mask, i), x, y)
                         for i in range(ids.shape[-2])]
                 if reduce == "concat":
                     return jnp.concatenate(outs, axis=1)
@@ -257,7 +259,7 @@ class Engine:
                 return jax.lax.scan(body, zeros, (ids, mask))[0]
 
             compiled = jax.jit(vmapped(per_replica))
-            run = lambda replicas, ids, mask, x, y=None: compiled(replicas, ids, mask, x, y)
+            run = lambda states, ids, mask, x, y=None: compiled(states, ids, mask, x, y)
 
         self._passes[key] = run
         return run
@@ -357,7 +359,8 @@ class Engine:
 
 def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int,
                   loop: str = "device", replicas: str = "vmap",
-                  preprocess: Callable | None = None, parallel: DataParallel | None = None, jit: bool = True,
+                  preprocess: Callable | None = None, parallel: DataParallel | None = None,
+                  jit: bool = True,
                   objective: Objective | None = None, after_update: Callable | None = None,
                   guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
@@ -387,6 +390,12 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         raise ValueError(f"batch_size={batch_size} must be positive")
     if loop not in ("device", "host"):
         raise ValueError(f"loop={loop!r} must be 'device' or 'host' (an Engine resolves 'auto')")
+    if replicas not in REPLICA_MODES:
+        raise ValueError(f"replicas={replicas!r} must be 'vmap' or 'unroll' (an Engine resolves "
+                         f"'auto')")
+    if replicas == "unroll" and parallel is not None and parallel.mode == "replica":
+        raise ValueError("replicas='unroll' cannot split replicas over devices (parallel mode "
+                         "'replica'): use replicas='vmap'")
     if not jit and loop == "host":
         raise ValueError("jit=False gives the device loop as one traceable function; the host "
                          "loop is a Python loop over a compiled step: use loop='device'")

@@ -6,8 +6,9 @@ though, which XLA:CPU runs far off its ungrouped speed (narrow ResNet-18, batch 
 project's 2-core CPU, jax 0.10: 1.66 s per seed-step for 4 vmapped seeds against 0.35 s for
 one seed alone). Unrolled, the program holds one copy of the step per replica, each an
 ordinary convolution, and 4 seeds took 0.30 s per seed-step: full speed, the two cores kept
-busier by independent replicas. Compile time grows with the replica count, so unrolling is for
-conv nets on a CPU with a few seeds, which is what ``'auto'`` picks.
+busier by independent replicas. ``'auto'`` unrolls conv nets on a CPU. Compile time grows with
+the replica count (one copy of the step each), which is affordable for the handful of seeds a
+CPU can train; pass ``replicas='vmap'`` to an ``Engine`` to compile one batched step instead.
 """
 
 from __future__ import annotations
@@ -53,16 +54,24 @@ def replica_map(fn: Callable, in_axes: Sequence[int | None], how: str = "vmap",
         return jax.vmap(fn, in_axes=tuple(in_axes), spmd_axis_name=spmd_axis_name)
     if how != "unroll":
         raise ValueError(f"how={how!r} must be 'vmap' or 'unroll'")
+    if spmd_axis_name is not None:
+        raise ValueError("unrolled replicas cannot be split over devices (spmd_axis_name="
+                         f"{spmd_axis_name!r}): use how='vmap'")
     if any(axis not in (0, None) for axis in in_axes):
         raise ValueError(f"unrolled replicas map axis 0 or None, got in_axes={in_axes}")
 
     def mapped(*args):
         if len(args) != len(in_axes):
             raise ValueError(f"{len(args)} arguments for {len(in_axes)} in_axes")
-        sizes = {leaf.shape[0] for arg, axis in zip(args, in_axes) if axis == 0
-                 for leaf in jax.tree.leaves(arg)}
-        if len(sizes) != 1:
-            raise ValueError(f"mapped arguments need one replica count, got {sorted(sizes)}")
+        leaves = [leaf for arg, axis in zip(args, in_axes) if axis == 0
+                  for leaf in jax.tree.leaves(arg)]
+        if any(jnp.ndim(leaf) == 0 for leaf in leaves):
+            raise ValueError("a mapped argument has a scalar leaf: mapped leaves need a leading "
+                             "replica axis (use in_axes None for shared values)")
+        sizes = {jnp.shape(leaf)[0] for leaf in leaves}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"mapped arguments need one replica count >= 1, got "
+                             f"{sorted(sizes)}")
         (count,) = sizes
         outs = [fn(*(jax.tree.map(lambda a: a[r], arg) if axis == 0 else arg
                      for arg, axis in zip(args, in_axes)))

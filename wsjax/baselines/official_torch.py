@@ -143,19 +143,20 @@ def train_epoch(net, optimizer, loader, device, max_steps: int | None = None) ->
 
 def time_epochs(images, labels, indices, *, device: str, repeats: int = 3,
                 deadline: float = float("inf"), max_steps: int | None = None,
-                optimizer: str = "adam", lr: float = 1e-3, seed: int = 0) -> dict:
+                optimizer: str = "adam", lr: float = 1e-3, seed: int = 0,
+                batch_size: int = 128) -> dict:
     """Seconds per epoch of the official loop on ``images[indices]`` (narrow ResNet-18).
 
     One untimed epoch first (cuDNN and allocator warm-up, the analogue of compiling), then up
     to ``repeats`` timed epochs, fewer when ``deadline`` (a ``time.perf_counter`` value) passes
-    (at least one). With ``max_steps`` each epoch stops after that many steps: the figures are
+    (at least one); ``batch_size`` is the loader's (the official 128). With ``max_steps`` each epoch stops after that many steps: the figures are
     then per ``max_steps`` steps (scale them to a full epoch yourself). Each timer covers the
     loader (per-sample transforms) and the steps, and ends after a CUDA synchronize.
     """
     torch.manual_seed(seed)
     net = ResNet18().to(device)
     opt = make_optimizer(net, optimizer, lr)
-    loader = make_loader(images, labels, indices, seed=seed)
+    loader = make_loader(images, labels, indices, batch_size, seed=seed)
 
     def sync():
         if device.startswith("cuda"):

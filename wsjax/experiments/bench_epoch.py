@@ -36,6 +36,7 @@ from wsjax.experiments.flags import HelpFormatter
 from wsjax.engine import Engine
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
+from wsjax.replicas import resolve_replicas
 from wsjax.train import DivergenceGuard, make_train_step, pad_indices, replica_keys
 
 
@@ -95,7 +96,8 @@ def time_torch(x_host, y_host, args) -> float | None:
         return None
     n = min(args.epoch_size, args.resnet_steps * args.batch_size)
     out = official_torch.time_epochs(x_host, y_host, np.arange(n), device="cpu",
-                                     repeats=args.repeats, max_steps=args.resnet_steps)
+                                     repeats=args.repeats, max_steps=args.resnet_steps,
+                                     batch_size=args.batch_size)
     print(f"torch {out['torch']} on cpu, {out['steps']} steps of {args.batch_size}: "
           f"{out['epoch_s']:.3f} s (median of {out['timed']})")
     return out["epoch_s"] * math.ceil(args.epoch_size / args.batch_size) / out["steps"]
@@ -153,7 +155,7 @@ def main(argv=None):
         scale = steps_per_epoch / math.ceil(n / args.batch_size)
         engine = time_engine(model, tx, x, y, n, seeds, args.batch_size, args.repeats,
                              replicas=replicas) * scale
-        layout = Engine(model, tx, replicas=replicas).replicas
+        layout = resolve_replicas(replicas, model, ds.image_shape)
         if name not in loops:
             loops[name] = time_python_loop(model, tx, x_host, y_host, n, args.batch_size,
                                            args.repeats) * scale
