@@ -149,7 +149,9 @@ def protocol_notes(*runs) -> str:
 def _deviations(runs):
     """The notes of ``protocol_notes``, one per run and deviation (repeats included)."""
     for record in runs:
-        config = getattr(record, "config", None) or {}
+        # Read as this wsjax reads a saved config: what older runs left unset is filled in
+        # with what it meant then (one split, shared round 1, the 3-epoch plateau rule).
+        config = records.migrate_config(dict(getattr(record, "config", None) or {}))
         if config.get("train_subset"):
             yield f"{config['train_subset']:,}-image subset"
         if config.get("plateau_window"):
