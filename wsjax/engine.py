@@ -44,7 +44,7 @@ from wsjax.data import padded_batches
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
-from wsjax.replicas import REPLICA_MODES, replica_map, resolve_replicas
+from wsjax.replicas import check_replicas, replica_map, resolve_replicas
 from wsjax.train import (DivergenceGuard, FitProgress, StopRule, TrainState, fold_in_replicas,
                          make_train_step, metric_sums, pad_indices, resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
@@ -390,12 +390,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         raise ValueError(f"batch_size={batch_size} must be positive")
     if loop not in ("device", "host"):
         raise ValueError(f"loop={loop!r} must be 'device' or 'host' (an Engine resolves 'auto')")
-    if replicas not in REPLICA_MODES:
-        raise ValueError(f"replicas={replicas!r} must be 'vmap' or 'unroll' (an Engine resolves "
-                         f"'auto')")
-    if replicas == "unroll" and parallel is not None and parallel.mode == "replica":
-        raise ValueError("replicas='unroll' cannot split replicas over devices (parallel mode "
-                         "'replica'): use replicas='vmap'")
+    check_replicas(replicas, parallel, "'vmap' or 'unroll' (an Engine resolves 'auto')")
     if not jit and loop == "host":
         raise ValueError("jit=False gives the device loop as one traceable function; the host "
                          "loop is a Python loop over a compiled step: use loop='device'")

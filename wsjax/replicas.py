@@ -36,12 +36,17 @@ def resolve_replicas(replicas: str, model: nn.Module, input_shape, parallel=None
     """``'vmap'`` or ``'unroll'`` for ``replicas`` (``'auto'``: ``default_replicas``)."""
     if replicas == "auto":
         return default_replicas(model, input_shape, parallel)
+    check_replicas(replicas, parallel, "'vmap', 'unroll' or 'auto'")
+    return replicas
+
+
+def check_replicas(replicas: str, parallel=None, choices: str = "'vmap' or 'unroll'") -> None:
+    """Raises ``ValueError`` unless ``replicas`` is a layout that works with ``parallel``."""
     if replicas not in REPLICA_MODES:
-        raise ValueError(f"replicas={replicas!r} must be 'vmap', 'unroll' or 'auto'")
+        raise ValueError(f"replicas={replicas!r} must be {choices}")
     if replicas == "unroll" and parallel is not None and parallel.mode == "replica":
         raise ValueError("replicas='unroll' cannot split replicas over devices "
                          "(parallel mode 'replica'): use replicas='vmap' or parallel 'batch'")
-    return replicas
 
 
 def replica_map(fn: Callable, in_axes: Sequence[int | None], how: str = "vmap",

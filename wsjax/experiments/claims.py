@@ -248,19 +248,19 @@ def _label_noise(t: Table, name: str, rec: records.Run):
         t.gap(f"Shrink-perturb helps with noisy labels ({arm} - warm)", name, res, arm)
         t.gap(f"... and closes the gap (random - {arm}; at most {CLOSED_PP:g} = closed)", name,
               res, b=arm, test="non_inferior")
-    if res["warm_start"].round1:
-        _compute(t, name, rec)
 
 
 def _two_phase(t: Table, name: str, rec: records.Run):
     res, config = rec.results, rec.config
     if config.get("label_noise"):
-        return _label_noise(t, name, rec)
-    t.gap("Warm-started models generalize worse (random init - warm start, val acc)", name, res)
-    for arm in [a for a in res if a.startswith("sp_")]:
-        t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", name, res, arm)
-        t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", name, res,
-              b=arm, test="non_inferior")
+        _label_noise(t, name, rec)
+    else:
+        t.gap("Warm-started models generalize worse (random init - warm start, val acc)", name,
+              res)
+        for arm in [a for a in res if a.startswith("sp_")]:
+            t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", name, res, arm)
+            t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", name,
+                  res, b=arm, test="non_inferior")
     if res["warm_start"].round1:
         _compute(t, name, rec)
 
