@@ -9,7 +9,9 @@ Three forms, which differ in more than scale:
   leaf PyTorch calls ``.weight`` (kernels and BatchNorm scales, no biases). Its gradient couples
   the layers; the norm is taken safely so the gradient at ``theta = theta0`` is 0, not NaN.
 - ``add_l2_init`` (an optax transform): adds the paper form's gradient ``2 lam (theta -
-  theta0)`` to the updates, for loops that do not own their loss.
+  theta0)`` to the updates, for loops that do not own their loss. ``anchored_l2_init`` is the
+  same with ``theta0`` captured by ``tx.init`` and kept in the optimizer state, so it follows
+  replicas under ``jax.vmap`` and survives as long as the state does (a reset re-anchors).
 
 ``theta0`` is the parameter tree at step 0 and stays fixed for the whole run.
 """
@@ -17,6 +19,7 @@ Three forms, which differ in more than scale:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,5 +86,25 @@ def add_l2_init(theta0, lam: float = 1e-2, *, mask=None) -> optax.GradientTransf
         if mask is not None:
             pull = jax.tree.map(lambda m, new, old: new if m else old, mask, pull, updates)
         return pull, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class AnchorState(NamedTuple):
+    """``anchored_l2_init``'s state: the parameters it was initialized with."""
+
+    theta0: Any
+
+
+def anchored_l2_init(lam: float = 1e-2, *, mask=None) -> optax.GradientTransformation:
+    """``add_l2_init`` anchored at the parameters ``init`` sees (held in the state)."""
+    check_range("lam", lam, 0.0, None)
+
+    def init_fn(params):
+        return AnchorState(theta0=jax.tree.map(jnp.asarray, params))
+
+    def update_fn(updates, state, params=None):
+        return add_l2_init(state.theta0, lam, mask=mask).update(updates, optax.EmptyState(),
+                                                                 params)[0], state
 
     return optax.GradientTransformation(init_fn, update_fn)

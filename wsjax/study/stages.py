@@ -13,6 +13,7 @@ Randomness: every stage draws its keys from the seeds' keys, the stage's name an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import shutil
@@ -113,6 +114,13 @@ class Stages:
         self.stop, self.checkpoint_every = stop, checkpoint_every
         self.progress = progress or Progress()
         self.capacity = capacity or data.fit_idx.shape[-1]
+
+    def with_engine(self, engine: Engine) -> Stages:
+        """The same stages (run directory, data, seeds, stop rule) trained by another engine,
+        e.g. an arm whose optimizer differs."""
+        other = copy.copy(self)
+        other.engine = engine
+        return other
 
     def stage_keys(self, stage: str, use: KeyUse):
         """Per-replica keys of ``stage`` for ``use``."""

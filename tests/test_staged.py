@@ -1,0 +1,61 @@
+"""The staged protocol with every intervention as an arm, on tiny synthetic data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from wsjax.experiments import interventions
+from wsjax.interventions.l2_init import anchored_l2_init
+
+TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
+        "--max-epochs", "2", "--batch-size", "32", "--chunk", "50", "--probe", "40"]
+
+
+def test_every_method_runs_resumes_and_records_diagnostics(tmp_path):
+    args = TINY + ["--model", "mlp", "--widths", "16", "--out", str(tmp_path)]
+    first = interventions.main(args + ["--stages", "2"]).results
+    rec = interventions.main(args + ["--stages", "3"])  # extends: stages 0-1 restored
+    res = rec.results
+    assert rec.config["optimizer"] == "momentum" and rec.config["threshold"] == 0.999
+    assert set(res) == {"cold", "warm", "warm_rm", "reset", "l2_init", "sp", "sp_aa", "dash",
+                        "redo"}
+    assert {a: rounds[:2] for a, rounds in res.items()} == first
+    for arm, rounds in res.items():
+        assert [r.n for r in rounds] == [50, 100, 150]
+        for r in rounds:
+            assert len(r.seeds) == 2 and all(0 <= s.test_acc <= 1 for s in r.seeds)
+            assert set(r.end) >= {"dormant", "dead", "srank", "effective_rank",
+                                  "weight_magnitude", "distance_from_init"}
+        assert "grad_ratio_new_old" in rounds[1].start and "prev_acc" in rounds[1].start
+    # Stage 0 is shared, except by L2 Init, which trains differently from the start.
+    assert res["warm"][0].seeds == res["dash"][0].seeds
+    assert res["warm"][0].end["distance_from_init"] != res["l2_init"][0].end[
+        "distance_from_init"]
+    # A warm start's stage begins where the previous one ended; cold begins elsewhere.
+    assert res["warm"][1].start["distance_from_init"] == res["warm"][0].end[
+        "distance_from_init"]
+    assert res["cold"][1].start["distance_from_init"] != res["warm"][1].start[
+        "distance_from_init"]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == sorted(f"{a}_s002" for a in res)
+    assert (tmp_path / "interventions.png").exists() and (tmp_path / "diagnostics.png").exists()
+
+
+def test_conv_arms_on_a_resnet(tmp_path):
+    args = TINY + ["--model", "resnet18_narrow", "--widths", "2,2,2,2", "--stages", "2",
+                   "--methods", "warm", "dash", "redo", "sp_aa", "--out", str(tmp_path)]
+    res = interventions.main(args).results
+    for rounds in res.values():
+        assert len(rounds) == 2 and all(np.isfinite(s.test_acc) for s in rounds[1].seeds)
+
+
+def test_anchored_l2_init_pulls_toward_the_first_params():
+    p0 = {"w": jnp.ones(3)}
+    tx = optax.chain(anchored_l2_init(0.5), optax.sgd(1.0))
+    state = tx.init(p0)
+    p = {"w": jnp.full(3, 3.0)}
+    upd, state = tx.update({"w": jnp.zeros(3)}, state, p)
+    np.testing.assert_allclose(optax.apply_updates(p, upd)["w"], 3.0 - 2 * 0.5 * 2.0)
+    stacked = jax.vmap(tx.init)({"w": jnp.stack([jnp.zeros(2), jnp.ones(2)])})
+    np.testing.assert_array_equal(stacked[0].theta0["w"], [[0, 0], [1, 1]])
