@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wsjax.experiments import interventions
+from wsjax.experiments import claims, interventions
 from wsjax.interventions.l2_init import anchored_l2_init
 
 TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
@@ -13,7 +13,8 @@ TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
 
 
 def test_every_method_runs_resumes_and_records_diagnostics(tmp_path):
-    args = TINY + ["--model", "mlp", "--widths", "16", "--out", str(tmp_path)]
+    out = tmp_path / "iv"
+    args = TINY + ["--model", "mlp", "--widths", "16", "--out", str(out)]
     first = interventions.main(args + ["--stages", "2"]).results
     rec = interventions.main(args + ["--stages", "3"])  # extends: stages 0-1 restored
     res = rec.results
@@ -37,9 +38,15 @@ def test_every_method_runs_resumes_and_records_diagnostics(tmp_path):
         "distance_from_init"]
     assert res["cold"][1].start["distance_from_init"] != res["warm"][1].start[
         "distance_from_init"]
-    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == sorted(f"{a}_s002" for a in res)
-    assert (tmp_path / "interventions.png").exists() and (tmp_path / "diagnostics.png").exists()
+    assert (out / "interventions.png").exists() and (out / "diagnostics.png").exists()
+    rows = [r for r in claims.claims(tmp_path, runs=["iv"])]
+    assert any(r["claim"].startswith("DASH reaches") for r in rows)
+    assert any(r["claim"].startswith("dash trains on less than cold") for r in rows)
+    # Synthetic evidence never gets a verdict; every stage's stop is counted.
+    assert all(r["verdict"] == "no verdict (synthetic data)" for r in rows)
+    assert all(r["n"] == 2 and r["stops"] != "-" for r in rows)
 
 
 def test_conv_arms_on_a_resnet(tmp_path):

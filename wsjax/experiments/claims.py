@@ -37,8 +37,9 @@ import numpy as np
 
 from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
+from wsjax.experiments.plasticity_claims import interventions_claims
 from wsjax.study import records
-from wsjax.study.stats import mean_se, paired_differences
+from wsjax.study.stats import mean_se, paired_differences, stop_counts
 
 # What to run when a script's evidence is missing.
 COMMANDS = {
@@ -55,6 +56,7 @@ COMMANDS = {
     "perturb_only": "perturb_only",
     "sp_every_step": "sp_every_step",
     "bn_stats": "bn_stats (claims 3, 5, 6, 7; ResNet)",
+    "interventions": "interventions --seeds 5 (DASH, L2 Init, ReDo, ... under staged chunks)",
 }
 
 
@@ -164,15 +166,6 @@ def _deviations(runs):
         if two_phase and config.get("shrink") and config.get("shared_round1", True):
             yield "S&P arms share round 1"
         yield from _deviations(getattr(record, "cells", {}).values())
-
-
-def stop_counts(*row_lists) -> str:
-    """How the seeds behind an effect stopped, e.g. ``'threshold 9, max_epochs 1'`` (both
-    arms' seeds; '-' for rows without a stop reason)."""
-    reasons = collections.Counter(getattr(r, "stop_reason", None) for rows in row_lists
-                                  for r in rows)
-    reasons.pop(None, None)
-    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "-"
 
 
 class Table:
@@ -442,6 +435,7 @@ SINGLE = {
     "regularization": _cells("Regularization does not close the gap (random - warm)"),
     "sp_every_step": _cells("Warm start vs random init, shrink-perturb every step "
                             "(random - warm)"),
+    "interventions": interventions_claims,
 }
 
 
