@@ -27,7 +27,6 @@ Runs of ``bn_stats`` made one seed per process (``--seed-offset k``) are pooled 
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import sys
 from collections.abc import Callable

@@ -173,8 +173,9 @@ def outgoing_rows(unit_mask, rows: int):
 
 def activations(model, variables, images, *, train: bool = False) -> dict:
     """The post-activation outputs the model sows (as ``<layer>_act``), keyed by layer path
-    ``{'a/b': array}`` (e.g. ``hidden_0``, ``stage1_block0/conv1``), the ``UnitLayer`` names. Evaluation mode by default: BatchNorm uses its running statistics
-    and ``batch_stats`` is never changed (the diagnostics must not move them)."""
+    ``{'a/b': array}`` (e.g. ``hidden_0``, ``stage1_block0/conv1``: the ``UnitLayer`` names).
+    Evaluation mode by default: BatchNorm uses its running statistics and ``batch_stats`` is
+    never changed (the diagnostics must not move them)."""
     _, state = model.apply(dict(variables), images, train=train,
                            mutable=["intermediates", "batch_stats"] if train else
                            ["intermediates"])
