@@ -20,7 +20,7 @@ def test_every_method_runs_resumes_and_records_diagnostics(tmp_path):
     res = rec.results
     assert rec.config["optimizer"] == "momentum" and rec.config["threshold"] == 0.999
     assert set(res) == {"cold", "warm", "warm_rm", "reset", "l2_init", "sp", "sp_aa", "dash",
-                        "redo"}
+                        "redo", "cbp"}
     assert {a: rounds[:2] for a, rounds in res.items()} == first
     for arm, rounds in res.items():
         assert [r.n for r in rounds] == [50, 100, 150]
@@ -29,10 +29,11 @@ def test_every_method_runs_resumes_and_records_diagnostics(tmp_path):
             assert set(r.end) >= {"dormant", "dead", "srank", "effective_rank",
                                   "weight_magnitude", "distance_from_init"}
         assert "grad_ratio_new_old" in rounds[1].start and "prev_acc" in rounds[1].start
-    # Stage 0 is shared, except by L2 Init, which trains differently from the start.
+    # Stage 0 is shared, except by L2 Init and continual backprop, which train differently.
     assert res["warm"][0].seeds == res["dash"][0].seeds
-    assert res["warm"][0].end["distance_from_init"] != res["l2_init"][0].end[
-        "distance_from_init"]
+    for own in ("l2_init", "cbp"):
+        assert res["warm"][0].end["distance_from_init"] != res[own][0].end[
+            "distance_from_init"]
     # A warm start's stage begins where the previous one ended; cold begins elsewhere.
     assert res["warm"][1].start["distance_from_init"] == res["warm"][0].end[
         "distance_from_init"]
@@ -66,3 +67,28 @@ def test_anchored_l2_init_pulls_toward_the_first_params():
     np.testing.assert_allclose(optax.apply_updates(p, upd)["w"], 3.0 - 2 * 0.5 * 2.0)
     stacked = jax.vmap(tx.init)({"w": jnp.stack([jnp.zeros(2), jnp.ones(2)])})
     np.testing.assert_array_equal(stacked[0].theta0["w"], [[0, 0], [1, 1]])
+
+
+def test_continual_backprop_as_an_engine_step_hook():
+    from wsjax.engine import Engine
+    from wsjax.interventions import CBPConfig, cbp_hook
+    from wsjax.models import create_model
+    from wsjax.train import StopRule, replica_keys
+
+    model = create_model("mlp", 4, widths=(12,))
+    tx = optax.adam(1e-3)
+    cfg = CBPConfig(form="mlp", rate=0.5, maturity=3)
+    engine = Engine(model, tx, batch_size=16, input_shape=(8, 8, 3),
+                    step_hook=cbp_hook(cfg, tx=tx))
+    keys = replica_keys([0, 1])
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3)), jnp.uint8)
+    y = jnp.asarray(np.arange(40) % 4)
+    states = engine.init_states(keys)
+    assert states.extra["hidden_0"]["age"].shape == (2, 12)
+    states, progress = engine.fit(states, keys, x, y, np.arange(40), StopRule(2.0, 2))
+    age = np.asarray(states.extra["hidden_0"]["age"])
+    # 2 epochs of 3 steps: units start maturing after step 3, then half of the mature ones
+    # are renewed every step (their age back to 0), so ages differ and none passes 6.
+    assert age.max() <= 6 and (age < 6).any() and len(np.unique(age)) > 1
+    carried = engine.new_state(states.variables, states.opt_state, states.extra)
+    np.testing.assert_array_equal(carried.extra["hidden_0"]["age"], age)

@@ -55,7 +55,8 @@ def methods_of(cfg: InterventionsConfig) -> list[Method]:
 
 def run(cfg: InterventionsConfig) -> Run:
     """Runs every arm through the staged protocol and writes the record."""
-    run_ = setup(cfg, "interventions", may_change=("stages",))
+    # More stages extend a run; arms may be added or left out (each arm has its own record).
+    run_ = setup(cfg, "interventions", may_change=("stages", "methods"))
     results = run_staged(run_.stages, pool_idx=run_.data.fit_idx, chunk=cfg.chunk,
                          methods=methods_of(cfg), num_stages=cfg.stages, probe=cfg.probe)
     return finish(run_, "staged", results, plot_interventions)

@@ -20,14 +20,15 @@ L2 Init                ``l2_init_penalty`` / ``add_l2_init``         Kumar et al
 DASH                   ``dash``, ``dash_gradient_average``           DASH (official and
                                                                      lucidrains variants)
 ReDo                   ``redo``, ``dormant_masks``                   dopamine ``labs/redo``
-continual backprop     ``continual_backprop``, ``cbp_init``          loss of plasticity
+continual backprop     ``continual_backprop``, ``cbp_init``,         loss of plasticity
+                       ``cbp_hook`` (a ``wsjax.train.StepHook``)
 =====================  ============================================  ====================
 
 Where each runs in a protocol (before a stage, after it, every step, in the loss) and what it
 does to the optimizer state is in each docstring and in ``../shared/PLASTICITY.md``'s terms.
 """
 
-from wsjax.interventions.cbp import CBPConfig, cbp_init, continual_backprop
+from wsjax.interventions.cbp import CBPConfig, cbp_hook, cbp_init, continual_backprop
 from wsjax.interventions.dash import dash, dash_from_data, dash_gradient_average
 from wsjax.interventions.l2_init import add_l2_init, l2_init_penalty, l2_init_penalty_dash
 from wsjax.interventions.noise import perturb_every_step, shrink_perturb_linear
@@ -36,7 +37,7 @@ from wsjax.interventions.resets import head_reset, reinit, zero_opt_entries
 from wsjax.interventions.roles import (LINEAR_ROLES, ROLES, WEIGHT_ROLES, UnitLayer,
                                        activations, default_roles, role_mask, unit_layers)
 
-__all__ = ["CBPConfig", "cbp_init", "continual_backprop", "dash", "dash_from_data",
+__all__ = ["CBPConfig", "cbp_hook", "cbp_init", "continual_backprop", "dash", "dash_from_data",
            "dash_gradient_average", "add_l2_init", "l2_init_penalty", "l2_init_penalty_dash",
            "perturb_every_step", "shrink_perturb_linear", "dormant_masks", "dormant_scores",
            "redo", "head_reset", "reinit", "zero_opt_entries", "LINEAR_ROLES", "ROLES",

@@ -33,6 +33,7 @@ import optax
 from wsjax.interventions.resets import zero_opt_entries
 from wsjax.interventions.roles import get_path, set_path, unit_layers
 from wsjax.interventions.units import replace_units, unit_entries
+from wsjax.train import StepHook
 from wsjax.warmstart import check_range
 
 FORMS = ("resnet", "mlp")
@@ -101,14 +102,26 @@ def _count(s, cfg: CBPConfig, eligible, key):
     return n, s["budget"]
 
 
+def _batch_mean(h, mask):
+    """Per-unit mean of ``h`` (batch, ..., units) over the real rows (``mask``) and
+    positions."""
+    if mask is None:
+        return jnp.mean(h, axis=tuple(range(h.ndim - 1)))
+    w = mask.astype(h.dtype).reshape(mask.shape + (1,) * (h.ndim - 1))
+    count = jnp.maximum(jnp.sum(w), 1.0) * math.prod(h.shape[1:-1])
+    return jnp.sum(h * w, axis=tuple(range(h.ndim - 1))) / count
+
+
 def continual_backprop(params, batch_stats, state: dict, acts: dict, key,
                        config: CBPConfig = CBPConfig(), *, layers=None,
-                       tx: optax.GradientTransformation | None = None, opt_state=None):
+                       tx: optax.GradientTransformation | None = None, opt_state=None,
+                       mask=None):
     """One continual-backprop step after an optimizer update (see the module docstring).
 
     ``acts`` holds this step's activations of each layer (``roles.activations``), ``state``
-    comes from ``cbp_init`` or the previous step. Returns ``(params, batch_stats, state,
-    opt_state, replaced)`` with ``replaced`` a ``{layer: (units,) bool}`` of the units renewed.
+    comes from ``cbp_init`` or the previous step; ``mask`` (batch,) marks the real rows of a
+    padded batch. Returns ``(params, batch_stats, state, opt_state, replaced)`` with
+    ``replaced`` a ``{layer: (units,) bool}`` of the units renewed.
     """
     cfg = config
     layers = unit_layers(params) if layers is None else tuple(layers)
@@ -118,23 +131,22 @@ def continual_backprop(params, batch_stats, state: dict, acts: dict, key,
         s, h = state[layer.name], acts[layer.name]
         kernel = get_path(params, f"{layer.name}/kernel")
         units = kernel.shape[-1]
-        axes = tuple(range(h.ndim - 1))
         age = s["age"] + 1
         out_mag = _outgoing_magnitude(get_path(params, layer.outgoing), units)
         if cfg.form == "resnet":
-            mag = s["mag"] + (1 - cfg.decay) * jnp.mean(jnp.abs(h), axis=axes)
+            mag = s["mag"] + (1 - cfg.decay) * _batch_mean(jnp.abs(h), mask)
             util = out_mag * mag if cfg.utility == "contribution" else out_mag
             ranking, mean_act = util, s["mean_act"]
         else:
             correction = 1 - cfg.decay ** age
-            mean_act = cfg.decay * s["mean_act"] + (1 - cfg.decay) * jnp.mean(h, axis=axes)
-            new = out_mag * jnp.mean(jnp.abs(h), axis=axes) if cfg.utility == "contribution" \
+            mean_act = cfg.decay * s["mean_act"] + (1 - cfg.decay) * _batch_mean(h, mask)
+            new = out_mag * _batch_mean(jnp.abs(h), mask) if cfg.utility == "contribution" \
                 else out_mag
             util = cfg.decay * s["util"] + (1 - cfg.decay) * new
             mag, ranking = s["mag"], util / correction
         eligible = age > cfg.maturity
         n, budget = _count(s, cfg, eligible, keys[2 * i])
-        mask = _lowest(ranking, eligible, n)
+        renew = _lowest(ranking, eligible, n)
         fan_in = math.prod(kernel.shape[:-1])
         if cfg.form == "resnet":
             fresh = math.sqrt(2.0 / fan_in) * jax.random.normal(keys[2 * i + 1], kernel.shape,
@@ -144,13 +156,13 @@ def continual_backprop(params, batch_stats, state: dict, acts: dict, key,
             fresh = jax.random.uniform(keys[2 * i + 1], kernel.shape, kernel.dtype, -bound,
                                        bound)
             if cfg.fold_bias:
-                params = _fold_into_next_bias(params, layer, mask, mean_act / correction)
-        params, batch_stats = replace_units(params, batch_stats, layer, mask, fresh)
+                params = _fold_into_next_bias(params, layer, renew, mean_act / correction)
+        params, batch_stats = replace_units(params, batch_stats, layer, renew, fresh)
         new_state[layer.name] = {
-            "age": jnp.where(mask, 0.0, age), "mag": mag,
-            "util": jnp.where(mask, 0.0, util),
-            "mean_act": jnp.where(mask, 0.0, mean_act), "budget": budget}
-        replaced[layer.name] = mask
+            "age": jnp.where(renew, 0.0, age), "mag": mag,
+            "util": jnp.where(renew, 0.0, util),
+            "mean_act": jnp.where(renew, 0.0, mean_act), "budget": budget}
+        replaced[layer.name] = renew
     if cfg.form == "mlp" and tx is not None and opt_state is not None:
         opt_state = zero_opt_entries(tx, opt_state, params,
                                      unit_entries(params, layers, replaced, bias=True))
@@ -168,3 +180,19 @@ def _fold_into_next_bias(params, layer, mask, mean_act):
                          f"kernel with one row per unit; got {kernel.shape}")
     shift = jnp.sum(kernel * jnp.where(mask, mean_act, 0.0)[:, None], axis=0)
     return set_path(params, bias_path, get_path(params, bias_path) + shift)
+
+
+def cbp_hook(config: CBPConfig = CBPConfig(), *, layers=None,
+             tx: optax.GradientTransformation | None = None) -> StepHook:
+    """Continual backprop as a ``wsjax.train.StepHook`` (after every optimizer step, with that
+    step's activations; its state in ``TrainState.extra``) for ``wsjax.engine.Engine``. ``tx``
+    (the engine's optimizer) lets the MLP form zero the moments of the weights it renews."""
+
+    def update(state, acts, mask, key):
+        params, stats, extra, opt_state, _ = continual_backprop(
+            state.params, state.batch_stats, state.extra, acts, key, config, layers=layers,
+            tx=tx, opt_state=state.opt_state, mask=mask)
+        return state.replace(params=params, batch_stats=stats, extra=extra,
+                             opt_state=opt_state)
+
+    return StepHook(init=lambda params: cbp_init(params, layers), update=update)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 import jax
 import jax.numpy as jnp
 
+from wsjax.models import sown_activations
 from wsjax.trees import path_str
 
 ROLES = ("conv_kernel", "dense_kernel", "bias", "norm_scale", "norm_bias", "head_kernel",
@@ -179,7 +180,4 @@ def activations(model, variables, images, *, train: bool = False) -> dict:
     _, state = model.apply(dict(variables), images, train=train,
                            mutable=["intermediates", "batch_stats"] if train else
                            ["intermediates"])
-    flat = jax.tree_util.tree_flatten_with_path(
-        state.get("intermediates", {}), is_leaf=lambda x: isinstance(x, tuple))[0]
-    # sow stores a tuple per name; a name clashing with its layer's would be a scope error.
-    return {path_str(p).removesuffix("_act"): v[0] for p, v in flat}
+    return sown_activations(state.get("intermediates"))

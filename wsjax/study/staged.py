@@ -1,6 +1,6 @@
 """The staged protocol of the plasticity literature, with every intervention as an arm.
 
-DASH's stationary protocol (``../shared/PLASTICITY.md`` 2.1): the pool is cut into equal chunks;
+DASH's stationary protocol (the plasticity spec's section 2.1): the pool is cut into equal chunks;
 stage t trains on chunks 0..t (cumulative, old data kept) until the running training accuracy
 reaches the stop rule's threshold (0.999 there); the test accuracy after each stage, its mean
 over stages, and the steps per stage are the outcome. Ash & Adams' online protocol is the same
@@ -9,11 +9,12 @@ with a fresh optimizer every round and 0.99.
 A ``Method`` is one arm: what happens to the previous stage's trained state before the next
 stage (``METHODS``), and whether the optimizer state carries over (``opt``; defaults are the DASH
 repository's: momentum kept, except ``warm_rm`` and ``cold``; ``sp_aa`` resets it as Ash & Adams
-do). ``l2_init`` changes training itself (the penalty toward the initial weights is in its
-optimizer, ``wsjax.interventions.l2_init.anchored_l2_init``), so it has its own stage 0; the
-other arms share one.
+do). Two arms change training itself, so each has its own stage 0 (the others share one):
+``l2_init`` (the penalty toward the initial weights is in its optimizer,
+``wsjax.interventions.l2_init.anchored_l2_init``) and ``cbp`` (continual backprop after every
+step, a ``wsjax.train.StepHook`` whose unit ages carry across stages).
 
-At the start of each stage (after the intervention) and at its end, ``stage_diagnostics``
+At the start of each stage (after the intervention) and at its end, ``Interventions.diagnostics``
 measures the plasticity diagnostics of ``wsjax.diagnostics`` on fixed probe examples, with
 BatchNorm in evaluation mode.
 """
@@ -30,7 +31,8 @@ import numpy as np
 import optax
 
 from wsjax import diagnostics
-from wsjax.interventions import (activations, dash, dash_gradient_average, head_reset, redo,
+from wsjax.interventions import (CBPConfig, activations, cbp_hook, dash,
+                                 dash_gradient_average, head_reset, redo,
                                  shrink_perturb_linear)
 from wsjax.interventions.l2_init import anchored_l2_init
 from wsjax.replicas import replica_map
@@ -39,10 +41,13 @@ from wsjax.study.runlog import write_json
 from wsjax.study.stages import KeyUse, Stages
 from wsjax.warmstart import reset_batch_stats, shrink_perturb
 
-METHODS = ("cold", "warm", "warm_rm", "reset", "sp", "sp_aa", "l2_init", "dash", "redo")
+METHODS = ("cold", "warm", "warm_rm", "reset", "sp", "sp_aa", "l2_init", "dash", "redo",
+           "cbp")
 # The DASH repository's optimizer policy per method; sp_aa is Ash & Adams' (a fresh optimizer).
 KEEPS_OPTIMIZER = {"cold": False, "warm": True, "warm_rm": False, "reset": True, "sp": True,
-                   "sp_aa": False, "l2_init": True, "dash": True, "redo": True}
+                   "sp_aa": False, "l2_init": True, "dash": True, "redo": True, "cbp": True}
+# Methods that change training itself (an optimizer term, a step hook): their own stage 0.
+OWN_TRAINING = ("l2_init", "cbp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +57,11 @@ class Method:
     leaves) and ``sp_aa`` (set 0.6, 0.01 here, as the study's main job: fresh-init noise on every
     leaf, BatchNorm statistics reset); ``lam``/``alpha`` for ``dash`` (0.3, 0.3); ``l2`` for
     ``l2_init`` (1e-2); ``tau`` for ``redo`` (0: silent units only; recycled at each stage's
-    start, on ``probe`` examples of the stage's data). ``opt``: ``'keep'`` or ``'reset'`` the
-    optimizer state (None: ``KEEPS_OPTIMIZER``)."""
+    start, on ``probe`` examples of the stage's data); ``rate``/``maturity`` for ``cbp``
+    (continual backprop after every step, its unit ages carried across stages; None: the
+    source's defaults for the model, the ResNet form's 1e-5 and 1000 for conv nets, the MLP
+    form's 1e-4 and 100 otherwise). ``opt``: ``'keep'`` or ``'reset'`` the optimizer state
+    (None: ``KEEPS_OPTIMIZER``)."""
 
     name: str
     kind: str
@@ -63,6 +71,8 @@ class Method:
     alpha: float = 0.3
     l2: float = 1e-2
     tau: float = 0.0
+    rate: float | None = None
+    maturity: int | None = None
     opt: str | None = None
 
     def __post_init__(self):
@@ -78,11 +88,12 @@ class Method:
 
 
 def default_methods() -> list[Method]:
-    """The DASH repository's seven arms plus Ash & Adams' shrink-perturb and ReDo."""
+    """The DASH repository's seven arms plus Ash & Adams' shrink-perturb, ReDo and continual
+    backprop."""
     return [Method("cold", "cold"), Method("warm", "warm"), Method("warm_rm", "warm_rm"),
             Method("reset", "reset"), Method("l2_init", "l2_init"), Method("sp", "sp"),
             Method("sp_aa", "sp_aa", shrink=0.6), Method("dash", "dash"),
-            Method("redo", "redo")]
+            Method("redo", "redo"), Method("cbp", "cbp")]
 
 
 class Interventions:
@@ -141,13 +152,14 @@ class Interventions:
         return self._acts[axis](states.variables, jnp.asarray(ids), self.data.x)
 
     def start(self, method: Method, source, stage: str, idx):
-        """The variables and optimizer state (None: a fresh one) that ``method`` starts
-        ``stage`` (training set ``idx``) with, from the previous stage's ``source`` states."""
+        """The variables, optimizer state and step-hook state (None: fresh ones) that
+        ``method`` starts ``stage`` (training set ``idx``) with, from the previous stage's
+        ``source`` states."""
         kind, params, stats = method.kind, source.params, source.batch_stats
         fresh = lambda: self.stages.fresh(stage, KeyUse.PERTURB)  # noqa: E731
         opt_state = source.opt_state if method.keeps_optimizer else None
         if kind == "cold":
-            return self.stages.fresh(stage), None
+            return self.stages.fresh(stage), None, None
         if kind == "reset":
             params = jax.vmap(head_reset)(params, fresh()["params"])
         elif kind == "sp":
@@ -167,7 +179,7 @@ class Interventions:
             params, stats, opt_state = jax.vmap(one)(params, fresh()["params"], acts, stats,
                                                      source.opt_state)
             opt_state = opt_state if method.keeps_optimizer else None
-        return {"params": params, "batch_stats": stats}, opt_state
+        return {"params": params, "batch_stats": stats}, opt_state, source.extra
 
     def diagnostics(self, states, theta0, idx, prev_idx) -> dict:
         """Per-seed plasticity diagnostics of ``states`` (see ``wsjax.diagnostics``): on the
@@ -194,6 +206,20 @@ class Interventions:
         return out
 
 
+def _engine_for(method: Method, engine):
+    """The engine of an arm that trains differently: L2 Init's penalty in its optimizer,
+    continual backprop's step hook."""
+    if method.kind == "l2_init":
+        return engine.replace(tx=optax.chain(anchored_l2_init(method.l2), engine.tx))
+    conv = any(leaf.ndim == 4 for leaf in jax.tree.leaves(
+        jax.eval_shape(engine.init, jax.random.split(jax.random.key(0), 1))["params"]))
+    form = "resnet" if conv else "mlp"
+    rate = method.rate if method.rate is not None else (1e-5 if conv else 1e-4)
+    maturity = method.maturity if method.maturity is not None else (1000 if conv else 100)
+    config = CBPConfig(form=form, rate=rate, maturity=maturity)
+    return engine.replace(step_hook=cbp_hook(config, tx=engine.tx))
+
+
 def _stage_name(method: Method, t: int, shared_first: bool) -> str:
     return "s000" if t == 0 and shared_first else f"{method.name}_s{t:03d}"
 
@@ -204,7 +230,8 @@ def run_staged(stages: Stages, *, pool_idx, chunk: int, methods: Sequence[Method
     seed) in chunks of ``chunk``; returns ``{method name: [StagedRound per stage]}``.
 
     Resumable like the online protocol: ``staged.json`` in the run directory records every
-    finished stage, and only each arm's latest finished stage keeps its checkpoint.
+    finished stage, and only each arm's latest finished stage keeps its checkpoint. Arms may
+    be added to (or left out of) a run: each has its own record.
     """
     pool_idx = np.asarray(pool_idx, np.int32)
     total = pool_idx.shape[-1] // chunk
@@ -214,19 +241,20 @@ def run_staged(stages: Stages, *, pool_idx, chunk: int, methods: Sequence[Method
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique; got {names}")
-    l2 = {m.name: stages.with_engine(stages.engine.replace(tx=optax.chain(
-        anchored_l2_init(m.l2), stages.engine.tx))) for m in methods if m.kind == "l2_init"}
-    runner = {m.name: l2.get(m.name, stages) for m in methods}
+    own = {m.name: stages.with_engine(_engine_for(m, stages.engine)) for m in methods
+           if m.kind in OWN_TRAINING}
+    runner = {m.name: own.get(m.name, stages) for m in methods}
     helpers = {name: Interventions(s, chunk=chunk, probe=probe) for name, s in runner.items()}
     book_path = stages.run.path / "staged.json"
-    book = json.loads(book_path.read_text()) if book_path.exists() else {
-        "rounds": {n: [] for n in names}}
+    book = json.loads(book_path.read_text()) if book_path.exists() else {"rounds": {}}
+    for n in names:  # an arm added to a run starts from stage 0 beside the finished ones
+        book["rounds"].setdefault(n, [])
     states, theta0 = {}, stages.fresh("s000")["params"]
     first = {}  # the shared stage 0's record, measured once for every arm that shares it
 
     def trained_at(m: Method, t: int):
         """Arm ``m``'s states after stage ``t`` (restored from disk when not in memory)."""
-        stage = _stage_name(m, t, m.name not in l2)
+        stage = _stage_name(m, t, m.name not in own)
         if stage not in states:
             idx = pool_idx[..., : (t + 1) * chunk]
             states[stage] = runner[m.name].train(stage, stages.fresh("s000"), idx).states
@@ -239,20 +267,21 @@ def run_staged(stages: Stages, *, pool_idx, chunk: int, methods: Sequence[Method
             if len(book["rounds"][m.name]) > t:
                 continue
             s, h = runner[m.name], helpers[m.name]
-            stage = _stage_name(m, t, m.name not in l2)
+            stage = _stage_name(m, t, m.name not in own)
             if stage in first:
                 record = first[stage]
             else:
                 if t == 0:
-                    variables, opt_state = stages.fresh("s000"), None
+                    variables, opt_state, extra = stages.fresh("s000"), None, None
                 else:
-                    variables, opt_state = h.start(m, trained_at(m, t - 1), stage, idx)
+                    variables, opt_state, extra = h.start(m, trained_at(m, t - 1), stage, idx)
                     # Training donates its inputs; the previous stage's states may start other
                     # arms too, so each arm trains on its own copy.
-                    variables, opt_state = jax.tree.map(jnp.copy, (variables, opt_state))
-                start = h.diagnostics(s.engine.new_state(variables, opt_state), theta0, idx,
-                                      prev)
-                trained = s.train(stage, variables, idx, opt_state=opt_state)
+                    variables, opt_state, extra = jax.tree.map(jnp.copy,
+                                                               (variables, opt_state, extra))
+                start = h.diagnostics(s.engine.new_state(variables, opt_state, extra), theta0,
+                                      idx, prev)
+                trained = s.train(stage, variables, idx, opt_state=opt_state, extra=extra)
                 states[stage] = trained.states
                 end = h.diagnostics(trained.states, theta0, idx, prev)
                 record = to_json(StagedRound(t, idx.shape[-1], trained.result.seeds, start, end))
@@ -269,7 +298,7 @@ def run_staged(stages: Stages, *, pool_idx, chunk: int, methods: Sequence[Method
         if t >= 1:
             # Resuming needs only each arm's latest stage.
             for m in methods:
-                old = _stage_name(m, t - 1, m.name not in l2)
+                old = _stage_name(m, t - 1, m.name not in own)
                 if states.pop(old, None) is not None or t == 1:
                     runner[m.name].drop(old)
     return {n: from_plain(list[StagedRound], book["rounds"][n][:num_stages]) for n in names}
