@@ -69,7 +69,7 @@ def test_anchored_l2_init_pulls_toward_the_first_params():
     np.testing.assert_array_equal(stacked[0].theta0["w"], [[0, 0], [1, 1]])
 
 
-def test_continual_backprop_as_an_engine_step_hook():
+def test_continual_backprop_as_an_engine_step_hook(tmp_path):
     from wsjax.engine import Engine
     from wsjax.interventions import CBPConfig, cbp_hook
     from wsjax.models import create_model
@@ -92,3 +92,11 @@ def test_continual_backprop_as_an_engine_step_hook():
     assert age.max() <= 6 and (age < 6).any() and len(np.unique(age)) > 1
     carried = engine.new_state(states.variables, states.opt_state, states.extra)
     np.testing.assert_array_equal(carried.extra["hidden_0"]["age"], age)
+    # The hook's state is checkpointed with the rest, so a resumed stage keeps the ages.
+    from wsjax.checkpoint import Checkpointer
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, states)
+    ckpt.wait()
+    restored, _ = ckpt.restore(engine.init_states(keys))
+    ckpt.close()
+    np.testing.assert_array_equal(restored.extra["hidden_0"]["age"], age)
