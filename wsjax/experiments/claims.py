@@ -266,7 +266,7 @@ def _shrink_only(t: Table, name: str, rec: records.Run):
         text = (f"Shrinking (x0.5) leaves a bias-free ReLU net's accuracy alone ({model})"
                 if nobias else f"... but costs a net with biases accuracy ({model})")
         t.mean(f"{text}: acc(1) - acc(0.5)", f"Fig 6 {name}", acc[-1] - acc[i],
-               test="equivalent" if nobias else "greater", tol=0.1)
+               test="equivalent" if nobias else "greater", tol=0.1, stops=stop_counts(r.seeds))
 
 
 def _online(t: Table, name: str, rec: records.Run):
