@@ -141,8 +141,8 @@ def _per_seed(rows, values, key):
 
 def protocol_notes(*runs) -> str:
     """How the evidence of ``runs`` (records; a sweep's cells count) departs from the official
-    protocol in ways the table must show: a subset of the training images, the "stops
-    improving" fallback beside the 99% rule, one split shared by every seed (every run written
+    protocol in ways the table must show: a subset of the training images, other layer widths,
+    an epoch cap below the official 350, the "stops improving" fallback beside the 99% rule, one split shared by every seed (every run written
     before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
     return "; ".join(dict.fromkeys(_deviations(runs)))
 
@@ -155,6 +155,10 @@ def _deviations(runs):
         config = records.migrate_config(dict(getattr(record, "config", None) or {}))
         if config.get("train_subset"):
             yield f"{config['train_subset']:,}-image subset"
+        if config.get("widths"):
+            yield f"widths {config['widths']}"
+        if config.get("max_epochs", 350) < 350:
+            yield f"{config['max_epochs']}-epoch cap"
         if config.get("plateau_window"):
             yield (f"plateau fallback: {config['plateau_window']}-epoch train acc std < "
                    f"{config.get('plateau_std', 0.002):g}, from epoch "
@@ -264,7 +268,10 @@ def _shrink_only(t: Table, name: str, rec: records.Run):
         i = shrinks.index(0.5) if 0.5 in shrinks else len(shrinks) // 2
         nobias = model.endswith("nobias")
         text = (f"Shrinking (x0.5) leaves a bias-free ReLU net's accuracy alone ({model})"
-                if nobias else f"... but costs a net with biases accuracy ({model})")
+                if nobias else f"... but costs a net with biases accuracy ({model})"
+                if not model.startswith("resnet") else
+                f"Shrinking (x0.5) costs a BatchNorm ResNet accuracy ({model}; its running "
+                f"statistics do not shrink)")
         t.mean(f"{text}: acc(1) - acc(0.5)", f"Fig 6 {name}", acc[-1] - acc[i],
                test="equivalent" if nobias else "greater", tol=0.1, stops=stop_counts(r.seeds))
 
