@@ -39,7 +39,7 @@ from flax import serialization
 
 from wsjax.trees import path_str
 
-_ARRAY_ITEMS = ("params", "batch_stats", "train")
+_ARRAY_ITEMS = ("params", "batch_stats", "train", "extra")
 
 
 def _handlers():
@@ -205,6 +205,8 @@ class Checkpointer:
                             "opt_state": serialization.to_state_dict(state.opt_state)}}
         if jax.tree.leaves(state.batch_stats):
             arrays["batch_stats"] = state.batch_stats
+        if jax.tree.leaves(getattr(state, "extra", None)):  # a step hook's state
+            arrays["extra"] = state.extra
         arrays = _host_copy(arrays)
         meta = {**(meta or {}), "checksums": {k: checksum(v) for k, v in arrays.items()}}
         items = {k: ocp.args.StandardSave(v) for k, v in arrays.items()}
@@ -284,12 +286,17 @@ class Checkpointer:
         if has_bn:
             items["batch_stats"] = ocp.args.StandardRestore(_abstract(template.batch_stats,
                                                                       sharding))
+        has_extra = bool(jax.tree.leaves(getattr(template, "extra", None)))
+        if has_extra:
+            items["extra"] = ocp.args.StandardRestore(_abstract(template.extra, sharding))
         out = self._first_intact(step, lambda s: self._restore_verified(s, items))
         state = template.replace(
             step=out["train"]["step"], params=out["params"],
             batch_stats=out["batch_stats"] if has_bn else template.batch_stats,
             opt_state=serialization.from_state_dict(template.opt_state,
                                                     out["train"]["opt_state"]))
+        if has_extra:
+            state = state.replace(extra=out["extra"])
         return state, _callers(out["meta"])
 
     def weights_metadata(self, step: int | None = None) -> dict:

@@ -45,8 +45,9 @@ from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
 from wsjax.replicas import check_replicas, replica_map, resolve_replicas
-from wsjax.train import (DivergenceGuard, FitProgress, StopRule, TrainState, fold_in_replicas,
-                         make_train_step, metric_sums, pad_indices, resolve_loop, summarize)
+from wsjax.train import (DivergenceGuard, FitProgress, StepHook, StopRule, TrainState,
+                         fold_in_replicas, make_train_step, metric_sums, pad_indices,
+                         resolve_loop, summarize)
 from wsjax.warmstart import batch_statistics
 
 
@@ -58,11 +59,12 @@ class Engine:
     entries of ``wsjax.augment`` applied inside the compiled step (evaluation normalizes only).
     ``input_shape`` is one example's (H, W, C). ``objective`` is the training loss (default
     mean cross-entropy) and ``after_update(params, key) -> params`` runs after every optimizer
-    step (e.g. shrink-perturb at every step). ``guard`` (a ``wsjax.train.DivergenceGuard``;
-    None turns it off) decides when a step has diverged: the step is not applied, and ``fit``
-    stops that replica with stop reason ``'diverged'`` while the others go on. ``loop`` and
-    ``replicas`` (``'auto'``, or as in the module docstring) decide how the compiled program
-    is laid out, never what it computes.
+    step (e.g. shrink-perturb at every step); ``step_hook`` (a ``wsjax.train.StepHook``, e.g.
+    continual backprop) after that, with the step's activations and its own state. ``guard``
+    (a ``wsjax.train.DivergenceGuard``; None turns it off) decides when a step has diverged:
+    the step is not applied, and ``fit`` stops that replica with stop reason ``'diverged'``
+    while the others go on. ``loop`` and ``replicas`` (``'auto'``, or as in the module
+    docstring) decide how the compiled program is laid out, never what it computes.
     ``replace(**changes)`` gives an engine with other decisions (another batch size for a
     sweep cell).
     """
@@ -72,7 +74,7 @@ class Engine:
                  normalization: str = "study", augmentations=(), input_shape=(32, 32, 3),
                  loop: str = "auto", replicas: str = "auto",
                  parallel: DataParallel | None = None, objective: Objective | None = None,
-                 after_update: Callable | None = None,
+                 after_update: Callable | None = None, step_hook: StepHook | None = None,
                  guard: DivergenceGuard | None = DivergenceGuard()):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not (isinstance(value, (int, np.integer)) and value >= 1):
@@ -84,6 +86,7 @@ class Engine:
                              normalization=normalization, augmentations=tuple(augmentations),
                              input_shape=tuple(input_shape), loop=loop, replicas=replicas,
                              parallel=parallel, objective=objective, after_update=after_update,
+                             step_hook=step_hook,
                              guard=guard)
         self.model, self.tx = model, tx
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -96,7 +99,8 @@ class Engine:
             model, tx, batch_size=batch_size, loop=self.loop, replicas=self.replicas,
             parallel=parallel,
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
-            after_update=after_update, guard=guard)
+            after_update=after_update, step_hook=step_hook, guard=guard)
+        self.step_hook = step_hook
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
         self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
         self._passes: dict[str, Callable] = {}  # compiled on first use
@@ -115,13 +119,17 @@ class Engine:
         """Fresh ``{'params', 'batch_stats'}`` for each key (leading replica axis)."""
         return self._init(keys)
 
-    def new_state(self, variables: dict, opt_state=None) -> TrainState:
+    def new_state(self, variables: dict, opt_state=None, extra=None) -> TrainState:
         """A ``TrainState`` at step 0 from stacked ``variables``, with a fresh optimizer state
-        (the study starts every round with one) unless ``opt_state`` is given; placed on the
-        devices."""
+        (the study starts every round with one) unless ``opt_state`` is given, and the step
+        hook's fresh state unless ``extra`` is given; placed on the devices."""
         state = self._create(variables)
         if opt_state is not None:
             state = state.replace(opt_state=opt_state)
+        if self.step_hook is not None:
+            if extra is None:
+                extra = jax.jit(jax.vmap(self.step_hook.init))(state.params)
+            state = state.replace(extra=extra)
         return self.place(state)
 
     def init_states(self, keys) -> TrainState:
@@ -362,6 +370,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                   preprocess: Callable | None = None, parallel: DataParallel | None = None,
                   jit: bool = True,
                   objective: Objective | None = None, after_update: Callable | None = None,
+                  step_hook: StepHook | None = None,
                   guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
     ``Engine`` builds it once (``Engine.epoch``).
@@ -384,7 +393,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     ``replicas`` maps the step over the replica axis (``wsjax.replicas.replica_map``:
     ``'vmap'``, or ``'unroll'`` for conv nets on a CPU); the same result either way.
     ``jit=False`` returns the un-jitted device-loop function (for tracing tests).
-    ``preprocess``, ``objective``, ``after_update`` and ``guard`` go to ``make_train_step``.
+    ``preprocess``, ``objective``, ``after_update``, ``step_hook`` and ``guard`` go to
+    ``make_train_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -395,7 +405,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         raise ValueError("jit=False gives the device loop as one traceable function; the host "
                          "loop is a Python loop over a compiled step: use loop='device'")
     step = make_train_step(model, tx, preprocess, objective=objective,
-                           after_update=after_update, guard=guard)
+                           after_update=after_update, step_hook=step_hook, guard=guard)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None
 

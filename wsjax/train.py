@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from wsjax.augment import make_preprocess
-from wsjax.models import init_variables
+from wsjax.models import init_variables, sown_activations
 from wsjax.objectives import Objective
 
 
@@ -42,6 +42,8 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    # A ``StepHook``'s own state (e.g. continual backprop's unit ages); None without one.
+    extra: Any = None
 
     @classmethod
     def create(cls, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
@@ -53,6 +55,20 @@ class TrainState:
     @property
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHook:
+    """Runs after every optimizer step, with the activations the model sowed in that step's
+    forward pass (``{'layer/path': (batch, ..., units)}``, see
+    ``wsjax.models.sown_activations``), and keeps its own state in ``TrainState.extra``.
+
+    ``init(params) -> extra`` gives one replica's starting state; ``update(state, acts, mask,
+    key) -> state`` returns the replica's ``TrainState`` after the hook (``mask``: which rows of
+    the batch are real). Continual backprop is one (``wsjax.interventions.cbp.cbp_hook``)."""
+
+    init: Callable
+    update: Callable
 
 
 def metric_sums(logits, labels, mask):
@@ -102,7 +118,7 @@ class DivergenceGuard:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     preprocess: Callable | None = None, *, objective: Objective | None = None,
-                    after_update: Callable | None = None,
+                    after_update: Callable | None = None, step_hook: StepHook | None = None,
                     guard: DivergenceGuard | None = DivergenceGuard()):
     """Returns the pure ``step(state, batch, key) -> (state, metrics)`` for one replica.
 
@@ -110,7 +126,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     real). The loss is ``objective`` (default: mean cross-entropy) over real rows; BatchNorm
     statistics use only them. ``preprocess(key, images)`` augments and normalizes (default:
     the study's [-1, 1]). ``after_update(params, key) -> params``, when given, transforms the
-    parameters after every optimizer step (e.g. shrink-perturb at every step).
+    parameters after every optimizer step (e.g. shrink-perturb at every step); ``step_hook``
+    (a ``StepHook``) then sees the whole state and the step's activations.
     ``metrics`` holds sums (``loss_sum`` of the cross-entropy, ``correct``, ``count``) so
     epochs add up exactly, and ``diverged`` (1 when ``guard`` finds the step diverged, else 0;
     always 0 without a guard). The step itself is returned either way: the caller decides
@@ -120,24 +137,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     objective = objective or Objective()
 
     def step(state: TrainState, batch: dict, key):
-        aug_key, after_key = jax.random.split(key)
+        aug_key, after_key, hook_key = jax.random.split(key, 3)
         images = preprocess(aug_key, batch["image"])
         mask = batch["mask"]
         has_bn = bool(jax.tree.leaves(state.batch_stats))
+        # The hook's activations come from the clean forward pass, as part of the loss's aux.
+        collections = (["batch_stats"] if has_bn else []) + (
+            ["intermediates"] if step_hook is not None else [])
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
 
             def apply(x):
-                if has_bn:
-                    logits, updates = model.apply(variables, x, train=True, mask=mask,
-                                                  mutable=["batch_stats"])
-                    return logits, updates["batch_stats"]
-                return model.apply(variables, x, train=True), state.batch_stats
+                if not collections:
+                    return model.apply(variables, x, train=True), (state.batch_stats, None)
+                logits, updates = model.apply(variables, x, train=True, mask=mask,
+                                              mutable=collections)
+                return logits, (updates.get("batch_stats", state.batch_stats),
+                                updates.get("intermediates"))
 
             return objective.loss(apply, images, batch["label"], mask)
 
-        grads, (logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (logits, (new_stats, sown)) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if after_update is not None:
@@ -145,8 +166,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         sums = metric_sums(logits, batch["label"], mask)
         bad = (guard.diverged(sums["loss_sum"], sums["count"], logits.shape[-1], params)
                if guard is not None else jnp.bool_(False))
-        return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                             opt_state=opt_state), {**sums, "diverged": bad.astype(jnp.int32)}
+        new = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                            opt_state=opt_state)
+        if step_hook is not None:
+            new = step_hook.update(new, sown_activations(sown), mask, hook_key)
+        return new, {**sums, "diverged": bad.astype(jnp.int32)}
 
     return step
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "perturb_only": "appendix: perturb only",
     "sp_every_step": "appendix: shrink-perturb after every step",
     "bn_stats": "BatchNorm statistics kept / reset / recomputed (the notebook's claims 3-7)",
+    "interventions": "plasticity interventions (DASH, L2 Init, ReDo, ...) under staged chunks",
     "claims": "the verdict table of every claim, from saved results",
     "redraw": "every figure again from saved results, no training",
     "fast_trainer": "the fast CIFAR-10 trainer: timed runs, airbench, ablations, warm start",

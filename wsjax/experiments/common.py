@@ -308,11 +308,13 @@ class Setup:
 
 
 def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None,
-          sp_every_step: tuple[float, float] | None = None) -> Setup:
+          sp_every_step: tuple[float, float] | None = None,
+          models: tuple[str, ...] | None = None) -> Setup:
     """Builds a study run from a script config ``cfg`` (with a ``study: StudyConfig`` field):
     data, model, optimizer, layout, ``Engine`` (with a training ``objective`` and
     shrink-perturb after every step, ``(shrink, noise)``, when given), run directory and
-    ``Stages``. Fields named in ``may_change`` may differ when a run resumes."""
+    ``Stages``. Fields named in ``may_change`` may differ when a run resumes. ``models``:
+    the models a script trains instead of ``--model`` (named in the header it prints)."""
     start = time.perf_counter()
     s: StudyConfig = cfg.study
     ds = load_data(s.data)
@@ -333,8 +335,9 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds, data=data_id)
     stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop),
                     checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
+    names = ", ".join(models or [s.model.model])
     print(f"{ds.name}: {data.fit_idx.shape[-1]} fitted / {data.val_idx.shape[-1]} validation / "
-          f"{len(ds.x_test)} test; model {s.model.model}; {s.optim.optimizer} lr {s.optim.lr} "
+          f"{len(ds.x_test)} test; model {names}; {s.optim.optimizer} lr {s.optim.lr} "
           f"batch {s.train.batch_size}; seeds {[int(x) for x in seeds]}; devices "
           f"{jax.device_count()} ({jax.devices()[0].platform}), parallel "
           f"{parallel.mode if parallel else 'none'}"

@@ -17,13 +17,14 @@ from pathlib import Path
 from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
 from wsjax.study import plots, records
+from wsjax.study.plasticity_plots import plot_interventions
 
 # One run of a script -> its figure; sweeps (records.Cells) -> theirs.
 SINGLE = {"warm_start": plots.plot_two_phase, "perturb_only": plots.plot_two_phase,
           "curves": plots.plot_curves, "sp_grid": plots.plot_grid,
           "checkpoint_age": plots.plot_checkpoint_age, "grad_norms": plots.plot_grad_norms,
           "shrink_only": plots.plot_shrink_only, "online": plots.plot_online,
-          "transfer": plots.plot_transfer}
+          "transfer": plots.plot_transfer, "interventions": plot_interventions}
 DEFAULT_FOLDERS = ("runs", "experiments/results")
 CELLS = {"regularization": plots.plot_regularization, "sweep": plots.plot_sweep,
          "bn_stats": plots.plot_bn_stats, "sp_every_step": plots.plot_cells}

@@ -43,7 +43,7 @@ class ShrinkOnlyConfig(Checked):
 def run(cfg: ShrinkOnlyConfig) -> Run:
     """Trains each model (its own stages in ``<out>/<model>``) and records accuracy against
     the shrink factor."""
-    run_ = setup(cfg, "shrink_only")
+    run_ = setup(cfg, "shrink_only", models=cfg.models)
     s = cfg.study
     results = {}
     for name in cfg.models:

@@ -17,6 +17,7 @@ import numpy as np
 
 from wsjax.models.linear import MLP, logistic_regression
 from wsjax.models.resnet import BasicBlock, ResNet18
+from wsjax.trees import path_str
 
 MODELS = {
     "logreg": logistic_regression,
@@ -47,10 +48,20 @@ def init_variables(model: nn.Module, key, input_shape=(32, 32, 3)) -> dict:
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+def sown_activations(intermediates) -> dict:
+    """The post-activation outputs a model sowed (each layer's as ``<layer>_act``, see
+    ``MLP`` and ``ResNet18``), keyed by the layer's path: ``{'hidden_0': array,
+    'stage1_block0/conv1': array, ...}``. ``None`` or an empty collection gives ``{}``."""
+    flat = jax.tree_util.tree_flatten_with_path(
+        intermediates or {}, is_leaf=lambda x: isinstance(x, tuple))[0]
+    # sow stores a tuple per name; the suffix keeps the name from clashing with its layer's.
+    return {path_str(p).removesuffix("_act"): v[0] for p, v in flat}
+
+
 def count_params(params) -> int:
     """Number of scalars in a parameter tree (arrays or shape structs)."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 __all__ = ["MODELS", "MLP", "ResNet18", "BasicBlock", "create_model", "init_variables",
-           "count_params", "logistic_regression"]
+           "count_params", "logistic_regression", "sown_activations"]

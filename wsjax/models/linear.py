@@ -20,6 +20,9 @@ class MLP(nn.Module):
     ``activation`` is a name from ``wsjax.models.activations``. Layers are named ``hidden_0``,
     ``hidden_1``, ... and ``head``; no layer has batch statistics.
 
+    Each hidden layer's post-activation output is sown into the ``'intermediates'`` collection
+    as ``hidden_<i>_act`` (a no-op unless that collection is mutable).
+
     ``__call__(x, train=False, mask=None, return_features=False)``: ``train`` and ``mask`` exist
     so every model shares one call signature; ``return_features`` also returns the input of the
     head (the penultimate representation) for analyses that need no second forward pass.
@@ -40,6 +43,9 @@ class MLP(nn.Module):
             x = torch_dense(width, x.shape[-1], use_bias=self.use_bias, name=f"hidden_{i}",
                             dtype=self.dtype)(x)
             x = act(x)
+            # Post-activation units, recorded only when 'intermediates' is mutable (ReDo,
+            # continual backprop and the plasticity diagnostics read them).
+            self.sow("intermediates", f"hidden_{i}_act", x)
         features = x
         logits = torch_dense(self.num_classes, x.shape[-1], use_bias=self.use_bias, name="head",
                              dtype=self.dtype)(x)

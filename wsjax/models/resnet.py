@@ -49,13 +49,17 @@ class BasicBlock(nn.Module):
         m = _bn_mask(mask, x)
         y = torch_conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y, mask=m))
+        # Post-ReLU units, named for the conv that feeds them (see ResNet18's docstring).
+        self.sow("intermediates", "conv1_act", y)
         y = torch_conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
         y = norm(name="bn2")(y, mask=m)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = torch_conv(self.features, 1, self.stride, padding=0, dtype=self.dtype,
                            name="shortcut_conv")(x)
             x = norm(name="shortcut_bn")(x, mask=m)
-        return nn.relu(y + x)
+        out = nn.relu(y + x)
+        self.sow("intermediates", "conv2_act", out)
+        return out
 
 
 class ResNet18(nn.Module):
@@ -65,6 +69,11 @@ class ResNet18(nn.Module):
     ``__call__(x, train=False, mask=None, return_features=False)``: in train mode BatchNorm uses
     batch statistics over the examples where ``mask`` (B,) is true (a padded last batch) and
     updates its running averages; ``return_features`` also returns the pooled features.
+
+    Post-ReLU activations are sown into ``'intermediates'`` (a no-op unless mutable), each as
+    ``<conv>_act`` for the conv whose output channels they are: ``stem_conv_act``,
+    ``stage1_block0/conv1_act``, ``stage1_block0/conv2_act`` (the block's output, after the
+    residual sum), ...
     """
 
     num_classes: int
@@ -80,6 +89,7 @@ class ResNet18(nn.Module):
         x = torch_conv(self.widths[0], 3, 1, dtype=self.dtype, name="stem_conv")(x)
         x = _batch_norm(train, self.bn_momentum, self.dtype, name="stem_bn")(x, mask=m)
         x = nn.relu(x)
+        self.sow("intermediates", "stem_conv_act", x)
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1

@@ -99,6 +99,19 @@ class OnlineRound:
 
 
 @dataclasses.dataclass
+class StagedRound:
+    """One stage of one arm of the staged protocol (``wsjax.study.staged``): ``n`` training
+    examples, a row per seed, and the plasticity diagnostics at the stage's start (after the
+    intervention) and end, each ``{name: [value per seed]}``."""
+
+    stage: int
+    n: int
+    seeds: list[SeedRow]
+    start: dict[str, list[float]]
+    end: dict[str, list[float]]
+
+
+@dataclasses.dataclass
 class ShrinkCurve:
     """A trained model's validation accuracy after shrinking: ``val_acc[i][r]`` is seed r's
     accuracy at ``shrinks[i]``; ``seeds`` are the rows of the training itself."""
@@ -167,6 +180,7 @@ class Provenance:
 KINDS = {
     "two_phase": dict[str, StageResult],
     "online": dict[str, list[OnlineRound]],
+    "staged": dict[str, list[StagedRound]],
     "shrink_only": dict[str, ShrinkCurve],
     "transfer": TransferResult,
     "speedrun": dict[str, TimedSummary],

@@ -13,6 +13,7 @@ Randomness: every stage draws its keys from the seeds' keys, the stage's name an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import shutil
@@ -114,6 +115,13 @@ class Stages:
         self.progress = progress or Progress()
         self.capacity = capacity or data.fit_idx.shape[-1]
 
+    def with_engine(self, engine: Engine) -> Stages:
+        """The same stages (run directory, data, seeds, stop rule) trained by another engine,
+        e.g. an arm whose optimizer differs."""
+        other = copy.copy(self)
+        other.engine = engine
+        return other
+
     def stage_keys(self, stage: str, use: KeyUse):
         """Per-replica keys of ``stage`` for ``use``."""
         return stage_keys(self.keys, stage, use)
@@ -162,18 +170,19 @@ class Stages:
                                 examples=progress.epochs[r] * n_train, **scores))
         return rows
 
-    def train(self, stage: str, variables: dict, idx, *, opt_state=None,
+    def train(self, stage: str, variables: dict, idx, *, opt_state=None, extra=None,
               watch: Callable[[TrainState], dict] | None = None,
               on_epoch: Callable[[TrainState, FitProgress], None] | None = None) -> Trained:
-        """Trains from ``variables`` (and ``opt_state``, default a new one) on ``x[idx]`` until
-        the stop rule, resuming from disk, then evaluates.
+        """Trains from ``variables`` (and ``opt_state``, default a new one; ``extra``, the
+        engine's step-hook state, default a new one) on ``x[idx]`` until the stop rule, resuming
+        from disk, then evaluates.
 
         ``watch(states) -> {name: per-replica values}`` runs after every epoch; its values are
         stored in that epoch's history record (so they survive a resume), and it also measures
         the starting weights (``result.start``). ``on_epoch`` is called after the epoch is
         recorded (and checkpointed).
         """
-        states = self.engine.new_state(variables, opt_state)
+        states = self.engine.new_state(variables, opt_state, extra)
         # Measured on the (deterministic) starting weights every time, so a resumed run has
         # it too; before training, which donates the states' buffers.
         start = _lists(watch(states)) if watch is not None else None

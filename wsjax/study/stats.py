@@ -6,6 +6,7 @@ blown-up network: it is left out of every mean here, and the tables say how many
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 
 import numpy as np
@@ -47,3 +48,12 @@ def paired_mean_se(a_rows, b_rows, key: str = "val_acc", scale: float = 100.0):
 def column(rows, key: str, scale: float = 1.0) -> list[float]:
     """``scale * row.key`` for each row that counts and has a value."""
     return [value(r, key) * scale for r in rows if counted(r) and value(r, key) is not None]
+
+
+def stop_counts(*row_lists) -> str:
+    """How the seeds behind an effect stopped, e.g. ``'threshold 9, max_epochs 1'`` (every
+    row of every list; '-' for rows without a stop reason)."""
+    reasons = collections.Counter(value(r, "stop_reason") for rows in row_lists for r in rows)
+    reasons.pop(None, None)
+    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "-"
+
