@@ -34,7 +34,10 @@ def interventions_claims(t, name: str, rec: Run) -> None:
     """Adds the rows of one interventions run to the claims table ``t``."""
     res = rec.results
     last = next(iter(res.values()))[-1]
-    at = f"{name}, {len(last.seeds)} seeds, stage {last.stage} (n={last.n})"
+    c = rec.config
+    # DASH's protocol is SGD with momentum, lr 1e-3, stopping at 99.9%: say where a run differs.
+    at = (f"{name}, stage {last.stage} of chunks of {c.get('chunk')} (n={last.n}), "
+          f"{c.get('optimizer')} lr {c.get('lr'):g}, stop at {c.get('threshold'):g}")
 
     def paired(claim, a, b, value, unit, **kw):
         if a in res and b in res:

@@ -47,12 +47,12 @@ def plot_interventions(record: Run, out_dir) -> list[Path]:
             ax.errorbar([ex], [acc], xerr=[ex_se], yerr=[se], fmt="o", capsize=3, label=arm)
             ax.annotate(arm, (ex, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
     first = next(iter(record.results.values()))[-1].seeds
-    axes[0].set_ylabel(f"test accuracy after the last stage (%), {_se_note(first)}")
+    axes[0].set_ylabel("test accuracy after the last stage (%)")
     axes[1].set_ylabel("test accuracy, mean over stages (%)")
     for ax in axes:
         ax.set_xlabel("training examples processed, all stages (millions)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(record.title, fontsize=9)
+    fig.suptitle(f"{record.title}\n{_se_note(first)}, both ways", fontsize=9)
     paths = [_save(fig, Path(out_dir) / "interventions.png")]
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
