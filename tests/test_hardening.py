@@ -454,7 +454,10 @@ def test_load_warm_start_reads_only_and_explains_stacked_seeds(tmp_path, mlp_sta
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
-def test_ctrl_c_is_one_line(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_is_one_line(tmp_path, signum):
+    """Ctrl-C, and SIGTERM (how a background run, which ignores Ctrl-C, is stopped), end a run
+    the same clean way: one line, exit 130, checkpoints finished, resumable."""
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "wsjax", "warm_start", *TINY[:-6], "--max-epochs", "300",
             "--threshold", "2", "--model", "mlp", "--widths", "16", "--out", str(out)]
@@ -464,7 +467,7 @@ def test_ctrl_c_is_one_line(tmp_path):
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted; resume with the same command"

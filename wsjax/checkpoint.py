@@ -83,24 +83,31 @@ def _host_copy(tree):
 
 @contextlib.contextmanager
 def _uninterrupted():
-    """Defers Ctrl-C until the block ends, so that a save, or the wait for one, finishes
-    rather than being torn (Orbax logs a traceback from the interrupted wait). In the main
-    thread only: Python delivers signals there."""
+    """Defers Ctrl-C (and SIGTERM) until the block ends, so that a save, or the wait for one,
+    finishes rather than being torn (Orbax logs a traceback from the interrupted wait). In the
+    main thread only: Python delivers signals there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    if previous is None:  # a handler installed outside Python: Python's own stands in
-        previous = signal.default_int_handler
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.signal(signum, lambda *args: received.append(args))
+        # A handler installed outside Python: Python's own stands in.
+        previous[signum] = handler if handler is not None else (
+            signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])  # Python's default handler raises KeyboardInterrupt here
-        elif received and previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signum = received[0][0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(*received[0])  # e.g. Python's default SIGINT handler raises here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 _ECHOES_SILENCED = False

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -406,10 +408,17 @@ DIVERGED_EXIT = 3
 INTERRUPTED_EXIT = 130  # the shell's status for a process ended by Ctrl-C
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C
+
+
 def main_guard(main: Callable, argv=None) -> None:
     """Runs a script's ``main(argv)`` as a command: bad input ends with a one-line error,
-    Ctrl-C with one line saying how to resume, and a run whose seeds diverged with a summary
-    of which and when and exit status ``DIVERGED_EXIT``."""
+    Ctrl-C or SIGTERM (``kill``, a scheduler's stop; a background job ignores Ctrl-C) with one
+    line saying how to resume, and a run whose seeds diverged with a summary of which and when
+    and exit status ``DIVERGED_EXIT``."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         record = main(argv)
     except KeyboardInterrupt:
