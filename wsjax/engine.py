@@ -101,6 +101,8 @@ class Engine:
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
             after_update=after_update, step_hook=step_hook, guard=guard)
         self.step_hook = step_hook
+        # Built once: new_state runs at every stage, and a fresh jit would recompile each time.
+        self._hook_init = jax.jit(jax.vmap(step_hook.init)) if step_hook is not None else None
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
         self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
         self._passes: dict[str, Callable] = {}  # compiled on first use
@@ -128,7 +130,7 @@ class Engine:
             state = state.replace(opt_state=opt_state)
         if self.step_hook is not None:
             if extra is None:
-                extra = jax.jit(jax.vmap(self.step_hook.init))(state.params)
+                extra = self._hook_init(state.params)
             state = state.replace(extra=extra)
         return self.place(state)
 

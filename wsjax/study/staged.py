@@ -31,14 +31,16 @@ import numpy as np
 import optax
 
 from wsjax import diagnostics
-from wsjax.interventions import (CBPConfig, activations, cbp_hook, dash,
+from wsjax.interventions import (CBPConfig, cbp_hook, dash,
                                  dash_gradient_average, head_reset, redo,
                                  shrink_perturb_linear)
 from wsjax.interventions.l2_init import anchored_l2_init
+from wsjax.models import sown_activations
 from wsjax.replicas import replica_map
 from wsjax.study.records import StagedRound, from_plain, to_json
 from wsjax.study.runlog import write_json
 from wsjax.study.stages import KeyUse, Stages
+from wsjax.train import has_conv
 from wsjax.warmstart import reset_batch_stats, shrink_perturb
 
 METHODS = ("cold", "warm", "warm_rm", "reset", "sp", "sp_aa", "l2_init", "dash", "redo",
@@ -115,13 +117,13 @@ class Interventions:
             return optax.softmax_cross_entropy_with_integer_labels(logits, y[ids]).mean()
 
         self._grad = {}
-        self._grad_fn = lambda p, b, ids, x, y: jax.grad(loss)(p, b, ids, x, y)
+        self._grad_fn = jax.grad(loss)
 
         def acts_and_features(variables, ids, x):
-            images = engine._images(x, ids)
-            acts = activations(model, variables, images)
-            _, feats = model.apply(variables, images, train=False, return_features=True)
-            return acts, feats
+            # One evaluation-mode pass gives both; batch_stats is not mutable, so it stays.
+            (_, feats), sown = model.apply(variables, engine._images(x, ids), train=False,
+                                           return_features=True, mutable=["intermediates"])
+            return sown_activations(sown["intermediates"]), feats
 
         self._acts_fn = acts_and_features
         self._acts = {}
@@ -170,7 +172,7 @@ class Interventions:
             stats = reset_batch_stats(stats)
         elif kind == "dash":
             avg = dash_gradient_average(self.chunk_gradients(source, idx), method.alpha)
-            params = jax.jit(jax.vmap(lambda p, g: dash(p, g, method.lam)))(params, avg)
+            params = jax.vmap(lambda p, g: dash(p, g, method.lam))(params, avg)
         elif kind == "redo":
             acts, _ = self.activations(source, np.asarray(idx)[..., :256])
             tx = self.engine.tx
@@ -211,8 +213,7 @@ def _engine_for(method: Method, engine):
     continual backprop's step hook."""
     if method.kind == "l2_init":
         return engine.replace(tx=optax.chain(anchored_l2_init(method.l2), engine.tx))
-    conv = any(leaf.ndim == 4 for leaf in jax.tree.leaves(
-        jax.eval_shape(engine.init, jax.random.split(jax.random.key(0), 1))["params"]))
+    conv = has_conv(engine.model, engine.input_shape)
     form = "resnet" if conv else "mlp"
     rate = method.rate if method.rate is not None else (1e-5 if conv else 1e-4)
     maturity = method.maturity if method.maturity is not None else (1000 if conv else 100)
