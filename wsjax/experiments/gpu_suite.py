@@ -4,7 +4,8 @@
     wsjax gpu_suite --tiny --out /tmp/suite             # any CPU, about a minute: synthetic data
 
 Steps, in this order, each under its own time budget (seconds, ``BUDGETS``, all scaled by
-``--budget`` / 480); a step that
+``--budget`` / 480; the study step also gets whatever the steps before it left, less the
+table1 step's share when that step runs); a step that
 fails is recorded with its error and the suite goes on. After every step ``suite.json`` in
 ``--out`` is rewritten, so a suite cut short still leaves what it measured; ``suite.log`` holds
 everything printed.
@@ -32,11 +33,14 @@ everything printed.
    it). Targets: time ratio <= 0.5, accuracy at most 0.1 pp lower. Without torch, CUDA or
    airbench only wsjax's runs are timed, and the reason is printed.
 6. ``study``: the study's MLP and logistic-regression evidence under the official protocol
-   (``STUDY``: the main job with shrink-perturb 0.6 and 0.3, Table 1's logreg and MLP-SGD
-   cells, label noise, active selection, online, the regularization table;
+   (``STUDY``, in order of need: the regularization table's last two cells, online, the
+   lr x batch sweep, 10-seed re-runs of the main job, Table 1's logreg and MLP-SGD cells,
+   label noise, active selection and the whole regularization table, and issue 14's
+   interventions on the narrow ResNet;
    ``--study-seeds`` seeds, 99% rule with the epoch cap, a split per seed), one run after
    another, each interrupted cleanly at the step's budget; their result files come back in
-   ``<out>/study/<name>`` for ``wsjax claims``.
+   one archive, ``<out>/study.tar.gz`` (``<name>/`` per run; unpack it and point ``wsjax
+   claims`` at the folder).
 7. ``table1``: with the time left, the Table 1 ResNet-18 Adam cell (random init, warm start,
    shrink-perturb 0.6/0.01; ``--table1-seeds`` seeds; 99% rule) as ``wsjax table1`` in a
    subprocess, interrupted cleanly (SIGINT, checkpoint kept) at the budget; how far each stage
@@ -361,7 +365,15 @@ def step_table1(cfg, ctx, deadline) -> dict:
 # The study's MLP and logistic-regression evidence (issue 12): minutes on a GPU, hours here.
 # Checkpoints every 25 epochs: a checkpoint per epoch would cost more than the epoch.
 STUDY = {
-    # In order of what the claims table most needs; each a resumable run (issue 12's list).
+    # In order of what the claims table most needs now (resumable runs, issue 12's list):
+    # first what no committed run covers at 5+ seeds under the official protocol, then 10-seed
+    # re-runs of what this CPU did with 5. Done on an H200 and committed (session 6): label
+    # noise, active selection, 11 of the regularization table's 13 cells.
+    "regularization_confidence_mlp_adam": ["regularization", "--model", "mlp", "--optimizer",
+                                           "adam", "--plateau-window", "10", "--kinds",
+                                           "confidence", "--strengths", "0.001", "0.0001"],
+    "online_mlp_adam": ["online", "--model", "mlp", "--optimizer", "adam", "--shrink", "0.6"],
+    "sweep_mlp_sgd": ["sweep", "--model", "mlp", "--optimizer", "sgd", "--plateau-window", "10"],
     "two_phase_mlp_adam": ["warm_start", "--model", "mlp", "--optimizer", "adam", "--shrink",
                            "0.6", "0.3"],
     "table1": ["table1", "--models", "logreg", "--plateau-window", "10"],
@@ -371,7 +383,6 @@ STUDY = {
                              "--label-noise", "0.2", "--shrink", "0.6", "0.3"],
     "active_mlp_adam": ["online", "--model", "mlp", "--optimizer", "adam", "--shrink", "0.6",
                         "--select", "margin", "--chunk", "2000", "--rounds", "10"],
-    "online_mlp_adam": ["online", "--model", "mlp", "--optimizer", "adam", "--shrink", "0.6"],
     "regularization_mlp_adam": ["regularization", "--model", "mlp", "--optimizer", "adam",
                                 "--plateau-window", "10"],
     # Issue 14 at DASH's own scale (the narrow ResNet, SGD with momentum, 99.9%), which this
@@ -383,6 +394,7 @@ STUDY = {
 # --tiny: every command of STUDY runs, on grids small enough for synthetic data and CI.
 TINY_FLAGS = {"online": ["--chunk", "32", "--rounds", "2"],
               "regularization": ["--strengths", "0.01", "--kinds", "l2"],
+              "sweep": ["--lrs", "0.01", "--batch-sizes", "64"],
               # A conv net's ten arms would take minutes to compile on CI's CPU.
               "interventions": ["--model", "mlp", "--methods", "warm", "dash", "--chunk", "64",
                                 "--stages", "2"]}
@@ -390,8 +402,8 @@ TINY_FLAGS = {"online": ["--chunk", "32", "--rounds", "2"],
 
 def step_study(cfg, ctx, deadline) -> dict:
     """The runs of ``STUDY`` (``--study-seeds`` seeds, official protocol) one after another
-    until ``deadline``; each run's result files (not its checkpoints) are copied to
-    ``<out>/study/<name>``."""
+    until ``deadline``; after each, the result files (not the checkpoints) of every run so far
+    are packed into ``<out>/study.tar.gz``, one ``<name>/`` folder per run."""
     root = Path(cfg.study_out or Path(cfg.out).resolve().parent / "gpu_suite_study")
     out = {}
     for name, flags in STUDY.items():
@@ -408,24 +420,36 @@ def step_study(cfg, ctx, deadline) -> dict:
                    "--checkpoint-every", "25", "--progress", "off", "--out",
                    str(root / name), *data]
         out[name] = _run_wsjax(command, str(root / name), deadline, keep_results=False)
-        out[name]["copied"] = _bring_back(root / name, Path(cfg.out) / "study" / name)
+        packed = pack_results(root, [n for n in STUDY if n in out and "command" in out[n]],
+                              Path(cfg.out) / "study.tar.gz")
+        out[name]["copied"] = [f[len(name) + 1:] for f in packed if f.startswith(name + "/")]
     return out
 
 
-def _bring_back(run_dir: Path, dest: Path) -> list[str]:
-    """Copies a run's result files (results, configs, metrics, figures; no checkpoints)
-    from ``run_dir`` to ``dest``; returns their paths relative to it."""
-    import shutil
+# What comes back from a GPU machine is a handful of files, not a tree of them (a suite's
+# study writes hundreds), so the study's results travel as one archive.
+RESULT_SUFFIXES = (".json", ".jsonl", ".png")
 
-    copied = []
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir)
-        if path.is_file() and "checkpoints" not in rel.parts and path.suffix in (
-                ".json", ".jsonl", ".png"):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest / rel)
-            copied.append(str(rel))
-    return copied
+
+def pack_results(root: Path, names: list[str], archive: Path) -> list[str]:
+    """Writes the result files (results, configs, metrics, figures; no checkpoints) of the
+    run directories ``root/<name>`` into the gzipped tar ``archive`` (replaced whole, so an
+    archive never holds half a write) as ``<name>/...``; returns those member names."""
+    import tarfile
+
+    members = []
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for name in names:
+            for path in sorted((root / name).rglob("*")):
+                rel = path.relative_to(root)
+                if (path.is_file() and "checkpoints" not in rel.parts
+                        and path.suffix in RESULT_SUFFIXES):
+                    tar.add(path, arcname=rel.as_posix())
+                    members.append(rel.as_posix())
+    partial.replace(archive)
+    return members
 
 
 def _run_wsjax(command: list[str], run_dir: str, deadline: float,
@@ -570,6 +594,9 @@ def run(cfg: SuiteConfig) -> dict:
             step_start = time.perf_counter()
             budget = BUDGETS[name] * scale
             deadline = end if name == "table1" else min(step_start + budget, end)
+            if name == "study":  # the hungriest step gets what the steps before it left
+                reserve = BUDGETS["table1"] * scale if "table1" in cfg.steps else 0.0
+                deadline = max(deadline, end - reserve)
             if cfg.tiny:  # a test of every step: none is skipped or cut short for time
                 floor = {"study": 300, "table1": 120}.get(name, 10)  # study: 7 short runs
                 deadline = max(deadline, step_start + floor)
