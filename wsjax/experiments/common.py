@@ -26,6 +26,8 @@ from wsjax.engine import Engine
 from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Checked,
                                      Rule, flatten, option)
 from wsjax.models import MODELS, create_model
+from wsjax.models.activations import ACTIVATIONS
+from wsjax.models.init import INIT_SCHEMES
 from wsjax.objectives import Objective
 from wsjax.optim import OPTIMIZERS, make_optimizer
 from wsjax.parallel import choose_parallel
@@ -81,6 +83,10 @@ class ModelConfig(Checked):
     widths: tuple[int, ...] | None = option(
         None, "comma-separated layer widths overriding the model's (e.g. 8,16,32,64 for a "
         "reduced ResNet, 100,100 for the MLP)", parse=comma_ints, check=COUNT)
+    init: str = option("torch", "initialization scheme of every layer (PyTorch's default, or "
+                       "a lesson's: wsjax.models.init)", choices=INIT_SCHEMES)
+    activation: str | None = option(None, "hidden-layer activation of the MLP (default relu)",
+                                    choices=sorted(ACTIVATIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,8 +254,13 @@ def seeds_of(cfg: TrainConfig) -> np.ndarray:
 
 
 def build_model(cfg: ModelConfig, num_classes: int):
-    """The model named by ``--model`` with ``--widths`` applied."""
+    """The model named by ``--model`` with ``--widths``, ``--init`` and ``--activation``
+    applied."""
     overrides = {"widths": tuple(cfg.widths)} if cfg.widths else {}
+    if cfg.init != "torch":
+        overrides["init_scheme"] = cfg.init
+    if cfg.activation is not None:
+        overrides["activation"] = cfg.activation
     return create_model(cfg.model, num_classes, **overrides)
 
 

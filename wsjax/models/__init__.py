@@ -8,6 +8,7 @@ classifier layer ``head``.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import flax.linen as nn
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsjax.models.activations import activation
+from wsjax.models.init import INIT_SCHEMES, check_init
 from wsjax.models.linear import MLP, logistic_regression
 from wsjax.models.resnet import BasicBlock, ResNet18
 from wsjax.trees import path_str
@@ -33,7 +36,19 @@ def create_model(name: str, num_classes: int, **overrides) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} must be at least 2")
-    return MODELS[name](num_classes=num_classes, **overrides)
+    builder = MODELS[name]
+    cls = builder.func if isinstance(builder, partial) else builder
+    cls = MLP if cls is logistic_regression else cls
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {unknown}; its options are "
+                         f"{sorted(fields)}")
+    if "init_scheme" in overrides:
+        check_init(overrides["init_scheme"])
+    if "activation" in overrides:
+        activation(overrides["activation"])
+    return builder(num_classes=num_classes, **overrides)
 
 
 def init_variables(model: nn.Module, key, input_shape=(32, 32, 3)) -> dict:
@@ -63,5 +78,5 @@ def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-__all__ = ["MODELS", "MLP", "ResNet18", "BasicBlock", "create_model", "init_variables",
-           "count_params", "logistic_regression", "sown_activations"]
+__all__ = ["MODELS", "INIT_SCHEMES", "MLP", "ResNet18", "BasicBlock", "create_model",
+           "init_variables", "count_params", "logistic_regression", "sown_activations"]

@@ -17,7 +17,8 @@ class MLP(nn.Module):
 
     The official MLP is ``MLP(num_classes, widths=(100, 100))``: 3072-100-100-C with ReLU and
     biases, 318,410 parameters for 10 classes. ``widths=()`` is logistic regression;
-    ``activation`` is a name from ``wsjax.models.activations``. Layers are named ``hidden_0``,
+    ``activation`` is a name from ``wsjax.models.activations``, ``init_scheme`` one of
+    ``wsjax.models.init.INIT_SCHEMES`` (default: PyTorch's). Layers are named ``hidden_0``,
     ``hidden_1``, ... and ``head``; no layer has batch statistics.
 
     Each hidden layer's post-activation output is sown into the ``'intermediates'`` collection
@@ -32,6 +33,7 @@ class MLP(nn.Module):
     widths: Sequence[int] = (100, 100)
     activation: str = "relu"
     use_bias: bool = True
+    init_scheme: str = "torch"
     dtype: Any = None
 
     @nn.compact
@@ -41,14 +43,14 @@ class MLP(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.widths):
             x = torch_dense(width, x.shape[-1], use_bias=self.use_bias, name=f"hidden_{i}",
-                            dtype=self.dtype)(x)
+                            dtype=self.dtype, init=self.init_scheme)(x)
             x = act(x)
             # Post-activation units, recorded only when 'intermediates' is mutable (ReDo,
             # continual backprop and the plasticity diagnostics read them).
             self.sow("intermediates", f"hidden_{i}_act", x)
         features = x
         logits = torch_dense(self.num_classes, x.shape[-1], use_bias=self.use_bias, name="head",
-                             dtype=self.dtype)(x)
+                             dtype=self.dtype, init=self.init_scheme)(x)
         logits = logits.astype(jnp.float32)
         return (logits, features) if return_features else logits
 

@@ -42,20 +42,23 @@ class BasicBlock(nn.Module):
     stride: int = 1
     bn_momentum: float = 0.9
     dtype: Any = None
+    init_scheme: str = "torch"
 
     @nn.compact
     def __call__(self, x, train: bool, mask=None):
         norm = partial(_batch_norm, train, self.bn_momentum, self.dtype)
         m = _bn_mask(mask, x)
-        y = torch_conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+        y = torch_conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1",
+                       init=self.init_scheme)(x)
         y = nn.relu(norm(name="bn1")(y, mask=m))
         # Post-ReLU units, named for the conv that feeds them (see ResNet18's docstring).
         self.sow("intermediates", "conv1_act", y)
-        y = torch_conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
+        y = torch_conv(self.features, 3, 1, dtype=self.dtype, name="conv2",
+                       init=self.init_scheme)(y)
         y = norm(name="bn2")(y, mask=m)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = torch_conv(self.features, 1, self.stride, padding=0, dtype=self.dtype,
-                           name="shortcut_conv")(x)
+                           name="shortcut_conv", init=self.init_scheme)(x)
             x = norm(name="shortcut_bn")(x, mask=m)
         out = nn.relu(y + x)
         self.sow("intermediates", "conv2_act", out)
@@ -70,10 +73,11 @@ class ResNet18(nn.Module):
     batch statistics over the examples where ``mask`` (B,) is true (a padded last batch) and
     updates its running averages; ``return_features`` also returns the pooled features.
 
-    Post-ReLU activations are sown into ``'intermediates'`` (a no-op unless mutable), each as
-    ``<conv>_act`` for the conv whose output channels they are: ``stem_conv_act``,
-    ``stage1_block0/conv1_act``, ``stage1_block0/conv2_act`` (the block's output, after the
-    residual sum), ...
+    ``init_scheme`` names the scheme of every conv and the head (``wsjax.models.init``;
+    default PyTorch's). Post-ReLU activations are sown into ``'intermediates'`` (a no-op
+    unless mutable), each as ``<conv>_act`` for the conv whose output channels they are:
+    ``stem_conv_act``, ``stage1_block0/conv1_act``, ``stage1_block0/conv2_act`` (the block's
+    output, after the residual sum), ...
     """
 
     num_classes: int
@@ -81,22 +85,24 @@ class ResNet18(nn.Module):
     blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
     bn_momentum: float = 0.9
     dtype: Any = None
+    init_scheme: str = "torch"
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
         x = x.astype(self.dtype) if self.dtype is not None else x
         m = _bn_mask(mask, x)
-        x = torch_conv(self.widths[0], 3, 1, dtype=self.dtype, name="stem_conv")(x)
+        x = torch_conv(self.widths[0], 3, 1, dtype=self.dtype, name="stem_conv",
+                       init=self.init_scheme)(x)
         x = _batch_norm(train, self.bn_momentum, self.dtype, name="stem_bn")(x, mask=m)
         x = nn.relu(x)
         self.sow("intermediates", "stem_conv_act", x)
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, stride, self.bn_momentum, self.dtype,
+                x = BasicBlock(width, stride, self.bn_momentum, self.dtype, self.init_scheme,
                                name=f"stage{stage + 1}_block{block}")(x, train, mask)
         features = jnp.mean(x, axis=(1, 2))
         logits = torch_dense(self.num_classes, features.shape[-1], name="head",
-                             dtype=self.dtype)(features)
+                             dtype=self.dtype, init=self.init_scheme)(features)
         logits = logits.astype(jnp.float32)
         return (logits, features) if return_features else logits
