@@ -18,11 +18,16 @@ NORMALIZATIONS = {
     # The study's: pixels to [-1, 1].
     "study": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # Inputs that are already features (``wsjax.toy_data``'s points): used as they are.
+    "none": (None, None),
 }
 
 
 def normalize(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dtype=jnp.float32):
-    """uint8 images -> ``(images / 255 - mean) / std`` in ``dtype``."""
+    """uint8 images -> ``(images / 255 - mean) / std`` in ``dtype`` (``mean`` None: the
+    inputs are features already, only cast)."""
+    if mean is None:
+        return images.astype(dtype)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)

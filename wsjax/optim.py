@@ -37,13 +37,16 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
                    decay_mask=None) -> optax.GradientTransformation:
     """Builds ``'sgd'`` (plain), ``'momentum'``, ``'nesterov'`` or ``'adam'`` like PyTorch.
 
-    ``learning_rate`` may be a number or an optax schedule. ``weight_decay`` is coupled L2;
+    ``learning_rate`` may be a number, an optax schedule or an array (as
+    ``optax.inject_hyperparams`` passes it). ``weight_decay`` is coupled L2;
     ``decay_mask`` (a mask tree or a function of params such as ``kernels_only``) limits it to
     some parameters. The state is created anew by ``tx.init`` at every round of the study.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    if not callable(learning_rate) and not _finite_at_least(learning_rate, 0.0, strict=True):
+    # An array (a traced one too) is a value ``optax.inject_hyperparams`` fills in: not checked.
+    if not callable(learning_rate) and not isinstance(learning_rate, jax.Array) and \
+            not _finite_at_least(learning_rate, 0.0, strict=True):
         raise ValueError(f"learning_rate={learning_rate!r} must be a positive finite number "
                          f"(or an optax schedule)")
     if not _finite_at_least(weight_decay, 0.0):
