@@ -11,6 +11,12 @@ An ``Objective`` is a static description; ``Objective.loss`` is the per-batch lo
 - ``'adversarial'``: the mean of the cross-entropy on the batch and on its FGSM perturbation
   ``x + strength * sign(grad_x CE)`` (Goodfellow et al., 2015), ``strength`` measured in the
   normalized input scale. BatchNorm statistics are updated by the clean pass only.
+
+Any kind also takes the lessons' regularizers as terms of the loss: ``label_smoothing``
+(cross-entropy against ``(1 - e) * one_hot + e / C``), ``l1`` (``l1 * sum |w|``) and ``l2``
+(``l2 / 2 * sum w^2``, whose gradient ``l2 * w`` is exactly coupled weight decay ``l2``),
+on the leaves ``penalize`` names: ``'kernels'`` (weight matrices and conv filters; biases
+and normalization scales and offsets are spared) or ``'all'``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 KINDS = ("ce", "confidence", "adversarial")
+PENALIZE = ("kernels", "all")
 
 
 def masked_mean(values, mask):
@@ -42,13 +49,40 @@ class Objective:
 
     kind: str = "ce"
     strength: float = 0.0
+    label_smoothing: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    penalize: str = "kernels"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"objective kind={self.kind!r} is unknown; choose from {KINDS} "
-                             f"(L2 is the optimizer's weight_decay)")
-        if not self.strength >= 0.0:
-            raise ValueError(f"objective strength={self.strength!r} must be >= 0")
+                             f"(L2 as weight decay is the optimizer's weight_decay)")
+        for name in ("strength", "l1", "l2"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"objective {name}={getattr(self, name)!r} must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        if self.penalize not in PENALIZE:
+            raise ValueError(f"penalize={self.penalize!r}: choose from {PENALIZE}")
+
+    def penalty(self, params):
+        """The L1 and L2 terms on ``params`` (0 when both strengths are 0)."""
+        if not (self.l1 or self.l2):
+            return 0.0
+        leaves = [x for x in jax.tree.leaves(params)
+                  if self.penalize == "all" or x.ndim > 1]
+        l1 = sum(jnp.sum(jnp.abs(x)) for x in leaves)
+        l2 = sum(jnp.sum(jnp.square(x)) for x in leaves)
+        return self.l1 * l1 + 0.5 * self.l2 * l2
+
+    def cross_entropy(self, logits, labels):
+        """Per-example cross-entropy, against smoothed labels when ``label_smoothing`` > 0."""
+        if not self.label_smoothing:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                      self.label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets)
 
     def loss(self, apply, images, labels, mask):
         """Returns ``(loss, (logits, aux))`` for one batch.
@@ -58,8 +92,7 @@ class Objective:
         """
         def ce_of(imgs):
             logits, aux = apply(imgs)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return masked_mean(ce, mask), (logits, aux)
+            return masked_mean(self.cross_entropy(logits, labels), mask), (logits, aux)
 
         loss, (logits, aux) = ce_of(images)
         if self.kind == "confidence":

@@ -34,13 +34,16 @@ def kernels_only(params):
 
 def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                   decay_mask=None) -> optax.GradientTransformation:
+                   decay_mask=None, decoupled_weight_decay: float = 0.0
+                   ) -> optax.GradientTransformation:
     """Builds ``'sgd'`` (plain), ``'momentum'``, ``'nesterov'`` or ``'adam'`` like PyTorch.
 
     ``learning_rate`` may be a number, an optax schedule or an array (as
     ``optax.inject_hyperparams`` passes it). ``weight_decay`` is coupled L2;
     ``decay_mask`` (a mask tree or a function of params such as ``kernels_only``) limits it to
-    some parameters. The state is created anew by ``tx.init`` at every round of the study.
+    some parameters. ``decoupled_weight_decay`` is Loshchilov & Hutter's: ``lr * wd * param``
+    subtracted beside the step, outside momentum and Adam's moments (AdamW, SGDW), under the
+    same ``decay_mask``. The state is created anew by ``tx.init`` at every round of the study.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
@@ -49,8 +52,25 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
             not _finite_at_least(learning_rate, 0.0, strict=True):
         raise ValueError(f"learning_rate={learning_rate!r} must be a positive finite number "
                          f"(or an optax schedule)")
-    if not _finite_at_least(weight_decay, 0.0):
-        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
+    for label, wd in (("weight_decay", weight_decay),
+                      ("decoupled_weight_decay", decoupled_weight_decay)):
+        if not _finite_at_least(wd, 0.0):
+            raise ValueError(f"{label}={wd!r} must be a finite number >= 0")
+    if decoupled_weight_decay:
+        if name == "adam":
+            direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+        elif name == "sgd":
+            direction = optax.identity()
+        else:
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"momentum={momentum} must be in [0, 1)")
+            direction = optax.trace(decay=momentum, nesterov=name == "nesterov")
+        decoupled = optax.chain(
+            direction, optax.add_decayed_weights(decoupled_weight_decay, decay_mask),
+            optax.scale_by_learning_rate(learning_rate))
+        if weight_decay == 0.0:
+            return decoupled
+        return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), decoupled)
     if name == "adam":
         base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
     elif name == "sgd":

@@ -156,7 +156,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 return logits, (updates.get("batch_stats", state.batch_stats),
                                 updates.get("intermediates"))
 
-            return objective.loss(apply, images, batch["label"], mask)
+            loss, aux = objective.loss(apply, images, batch["label"], mask)
+            return loss + objective.penalty(params), aux
 
         grads, (logits, (new_stats, sown)) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,90 @@
+"""The lessons' regularizers: L1/L2 loss terms with a mask, label smoothing, coupled and
+decoupled weight decay."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from wsjax import data as wdata
+from wsjax.engine import Engine
+from wsjax.models import create_model
+from wsjax.objectives import Objective
+from wsjax.optim import make_optimizer
+from wsjax.train import StopRule, replica_keys
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    ds = wdata.synthetic_dataset(256, 64, 10, image_shape=(8, 8, 3))
+    return jax.device_put(ds.x_train), jax.device_put(ds.y_train)
+
+
+def _train(synthetic, tx, objective=None, epochs=2):
+    x, y = synthetic
+    engine = Engine(create_model("mlp", 10, widths=(16,)), tx, batch_size=64,
+                    input_shape=(8, 8, 3), objective=objective)
+    keys = replica_keys([0])
+    states, _ = engine.fit(engine.init_states(keys), keys, x, y, np.arange(256),
+                           StopRule(threshold=2.0, max_epochs=epochs))
+    return states.params
+
+
+def test_l2_term_is_coupled_weight_decay(synthetic):
+    as_loss = _train(synthetic, make_optimizer("momentum", 0.05),
+                     Objective(l2=0.01, penalize="all"))
+    as_decay = _train(synthetic, make_optimizer("momentum", 0.05, weight_decay=0.01))
+    for a, b in zip(jax.tree.leaves(as_loss), jax.tree.leaves(as_decay)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_penalty_spares_biases_unless_told():
+    params = {"dense": {"kernel": -jnp.ones((3, 2)), "bias": jnp.full((2,), 5.0)},
+              "bn": {"scale": jnp.full((2,), 3.0)}}
+    assert float(Objective(l1=0.1).penalty(params)) == pytest.approx(0.1 * 6)
+    assert float(Objective(l1=0.1, penalize="all").penalty(params)) == pytest.approx(0.1 * 22)
+    assert float(Objective(l2=0.1).penalty(params)) == pytest.approx(0.5 * 0.1 * 6)
+    assert Objective().penalty(params) == 0.0
+
+
+def test_label_smoothing_targets():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    got = Objective(label_smoothing=0.3).cross_entropy(logits, jnp.array([0]))
+    targets = np.array([0.7 + 0.1, 0.1, 0.1])
+    want = -(targets * jax.nn.log_softmax(logits)[0]).sum()
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Objective(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="penalize"):
+        Objective(penalize="biases")
+
+
+def test_decoupled_weight_decay_is_adamw_and_sgdw():
+    params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([1.0, 1.0])}
+    grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+
+    def two_steps(tx):
+        state, p = tx.init(params), params
+        for _ in range(2):
+            updates, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        return p
+
+    ours = two_steps(make_optimizer("adam", 0.01, decoupled_weight_decay=0.1))
+    ref = two_steps(optax.adamw(0.01, weight_decay=0.1))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # SGDW with momentum: the decay enters beside the momentum, not inside it.
+    p = two_steps(make_optimizer("momentum", 0.1, momentum=0.9, decoupled_weight_decay=0.5))
+    w0, g = params["w"], 0.1
+    m1 = g
+    w1 = w0 - 0.1 * (m1 + 0.5 * w0)
+    m2 = 0.9 * m1 + g
+    w2 = w1 - 0.1 * (m2 + 0.5 * w1)
+    np.testing.assert_allclose(p["w"], w2, rtol=1e-6)
+    # A mask leaves the biases undecayed.
+    masked = two_steps(make_optimizer("sgd", 0.1, decoupled_weight_decay=0.5,
+                                      decay_mask=lambda t: jax.tree.map(lambda x: x.ndim > 1,
+                                                                        t)))
+    np.testing.assert_allclose(masked["b"], params["b"] - 2 * 0.1 * 0.1)
