@@ -88,3 +88,51 @@ def test_decoupled_weight_decay_is_adamw_and_sgdw():
                                       decay_mask=lambda t: jax.tree.map(lambda x: x.ndim > 1,
                                                                         t)))
     np.testing.assert_allclose(masked["b"], params["b"] - 2 * 0.1 * 0.1)
+
+
+def test_drop_block_drops_whole_squares_at_about_the_rate():
+    from wsjax.models.dropout import drop_block
+
+    x = jnp.ones((32, 16, 16, 4))
+    y = np.asarray(drop_block(jax.random.PRNGKey(0), x, 0.15, 3))
+    dropped = y == 0
+    assert 0.1 < dropped.mean() < 0.2
+    np.testing.assert_allclose(y.mean(), 1.0, rtol=1e-5)  # kept units rescaled
+    # Every dropped unit lies in a fully dropped 3x3 square: opening the mask keeps it.
+    window = (1, 3, 3, 1)
+    eroded = -jax.lax.reduce_window(-dropped.astype(np.float32), -np.inf, jax.lax.max, window,
+                                    (1, 1, 1, 1), "SAME")
+    opened = jax.lax.reduce_window(eroded, -np.inf, jax.lax.max, window, (1, 1, 1, 1), "SAME")
+    np.testing.assert_array_equal(np.asarray(opened) > 0.5, dropped)
+
+
+@pytest.mark.parametrize("name, option", [("mlp", {"dropout": 0.5}),
+                                          ("resnet18_narrow", {"dropblock": 0.2})])
+def test_dropout_only_in_training_with_a_key(name, option):
+    from wsjax.models import init_variables
+
+    model = create_model(name, 10, **option)
+    variables = init_variables(model, jax.random.PRNGKey(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+
+    def train(rngs=None):
+        out = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
+        return np.asarray(out[0])
+
+    assert not np.allclose(train({"dropout": jax.random.PRNGKey(2)}),
+                           train({"dropout": jax.random.PRNGKey(3)}))
+    np.testing.assert_array_equal(train(), train())  # no key: every unit (BN recompute...)
+    evaluated = model.apply(variables, x, train=False)
+    plain = create_model(name, 10).apply(variables, x, train=False)
+    np.testing.assert_array_equal(evaluated, plain)
+
+
+def test_dropout_trains_through_the_engine(synthetic):
+    params = _train(synthetic, make_optimizer("adam", 1e-3), epochs=1)
+    x, y = synthetic
+    engine = Engine(create_model("mlp", 10, widths=(16,), dropout=0.3),
+                    make_optimizer("adam", 1e-3), batch_size=64, input_shape=(8, 8, 3))
+    keys = replica_keys([0])
+    states, _ = engine.fit(engine.init_states(keys), keys, x, y, np.arange(256),
+                           StopRule(threshold=2.0, max_epochs=1))
+    assert not np.allclose(states.params["head"]["kernel"][0], params["head"]["kernel"][0])

@@ -145,14 +145,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         collections = (["batch_stats"] if has_bn else []) + (
             ["intermediates"] if step_hook is not None else [])
 
+        # Folded in, not split off: the other keys stay what they were before dropout existed.
+        rngs = {"dropout": jax.random.fold_in(key, 3)}
+
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
 
             def apply(x):
                 if not collections:
-                    return model.apply(variables, x, train=True), (state.batch_stats, None)
+                    return (model.apply(variables, x, train=True, rngs=rngs),
+                            (state.batch_stats, None))
                 logits, updates = model.apply(variables, x, train=True, mask=mask,
-                                              mutable=collections)
+                                              mutable=collections, rngs=rngs)
                 return logits, (updates.get("batch_stats", state.batch_stats),
                                 updates.get("intermediates"))
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from wsjax import data as wdata
 from wsjax.engine import Engine
-from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Checked,
-                                     Rule, flatten, option)
+from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, RATE,
+                                     Checked, Rule, flatten, option)
 from wsjax.models import MODELS, create_model
 from wsjax.models.activations import ACTIVATIONS
 from wsjax.models.init import INIT_SCHEMES
@@ -87,6 +87,10 @@ class ModelConfig(Checked):
                        "a lesson's: wsjax.models.init)", choices=INIT_SCHEMES)
     activation: str | None = option(None, "hidden-layer activation of the MLP (default relu)",
                                     choices=sorted(ACTIVATIONS))
+    dropout: float = option(0.0, "dropout rate of the MLP's hidden layers in training",
+                            check=RATE)
+    dropblock: float = option(0.0, "DropBlock rate of the ResNet's last two stages in "
+                              "training (blocks of 3x3)", check=RATE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +265,9 @@ def build_model(cfg: ModelConfig, num_classes: int):
         overrides["init_scheme"] = cfg.init
     if cfg.activation is not None:
         overrides["activation"] = cfg.activation
+    for name in ("dropout", "dropblock"):
+        if getattr(cfg, name):
+            overrides[name] = getattr(cfg, name)
     return create_model(cfg.model, num_classes, **overrides)
 
 

@@ -49,6 +49,7 @@ NON_NEGATIVE = Rule(lambda v: _number(v) and v >= 0, "a finite number >= 0")
 FRACTION = Rule(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
 SHARE = Rule(lambda v: _number(v) and 0 < v <= 1, "a fraction in (0, 1]")
 PROPER_SHARE = Rule(lambda v: _number(v) and 0 < v < 1, "a fraction strictly between 0 and 1")
+RATE = Rule(lambda v: _number(v) and 0 <= v < 1, "a rate in [0, 1)")
 COUNT = Rule(lambda v: _integer(v) and v >= 1, "an integer >= 1")
 INDEX = Rule(lambda v: _integer(v) and v >= 0, "an integer >= 0")
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wsjax.models.activations import activation
+from wsjax.models.dropout import Dropout
 from wsjax.models.init import torch_dense
 
 
@@ -18,7 +19,8 @@ class MLP(nn.Module):
     The official MLP is ``MLP(num_classes, widths=(100, 100))``: 3072-100-100-C with ReLU and
     biases, 318,410 parameters for 10 classes. ``widths=()`` is logistic regression;
     ``activation`` is a name from ``wsjax.models.activations``, ``init_scheme`` one of
-    ``wsjax.models.init.INIT_SCHEMES`` (default: PyTorch's). Layers are named ``hidden_0``,
+    ``wsjax.models.init.INIT_SCHEMES`` (default: PyTorch's); ``dropout`` drops that share of
+    each hidden layer's units in training (``wsjax.models.dropout``). Layers are named ``hidden_0``,
     ``hidden_1``, ... and ``head``; no layer has batch statistics.
 
     Each hidden layer's post-activation output is sown into the ``'intermediates'`` collection
@@ -34,11 +36,12 @@ class MLP(nn.Module):
     activation: str = "relu"
     use_bias: bool = True
     init_scheme: str = "torch"
+    dropout: float = 0.0
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
-        del train, mask  # no batch statistics in these models
+        del mask  # no batch statistics in these models
         act = activation(self.activation)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.widths):
@@ -48,6 +51,7 @@ class MLP(nn.Module):
             # Post-activation units, recorded only when 'intermediates' is mutable (ReDo,
             # continual backprop and the plasticity diagnostics read them).
             self.sow("intermediates", f"hidden_{i}_act", x)
+            x = Dropout(self.dropout, name=f"dropout_{i}")(x, train)
         features = x
         logits = torch_dense(self.num_classes, x.shape[-1], use_bias=self.use_bias, name="head",
                              dtype=self.dtype, init=self.init_scheme)(x)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wsjax.models.batchnorm import BatchNorm
+from wsjax.models.dropout import DropBlock
 from wsjax.models.init import torch_conv, torch_dense
 
 
@@ -74,10 +75,13 @@ class ResNet18(nn.Module):
     updates its running averages; ``return_features`` also returns the pooled features.
 
     ``init_scheme`` names the scheme of every conv and the head (``wsjax.models.init``;
-    default PyTorch's). Post-ReLU activations are sown into ``'intermediates'`` (a no-op
-    unless mutable), each as ``<conv>_act`` for the conv whose output channels they are:
-    ``stem_conv_act``, ``stage1_block0/conv1_act``, ``stage1_block0/conv2_act`` (the block's
-    output, after the residual sum), ...
+    default PyTorch's); ``dropblock`` > 0 applies DropBlock (``wsjax.models.dropout``, blocks
+    of ``dropblock_size``) to the output of the last two stages in training.
+
+    Post-ReLU activations are sown into ``'intermediates'`` (a no-op unless mutable), each as
+    ``<conv>_act`` for the conv whose output channels they are: ``stem_conv_act``,
+    ``stage1_block0/conv1_act``, ``stage1_block0/conv2_act`` (the block's output, after the
+    residual sum), ...
     """
 
     num_classes: int
@@ -86,6 +90,8 @@ class ResNet18(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = None
     init_scheme: str = "torch"
+    dropblock: float = 0.0
+    dropblock_size: int = 3
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
@@ -101,6 +107,9 @@ class ResNet18(nn.Module):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, stride, self.bn_momentum, self.dtype, self.init_scheme,
                                name=f"stage{stage + 1}_block{block}")(x, train, mask)
+            if stage >= len(self.widths) - 2:  # the last two stages, as the DropBlock paper
+                x = DropBlock(self.dropblock, self.dropblock_size,
+                              name=f"stage{stage + 1}_dropblock")(x, train)
         features = jnp.mean(x, axis=(1, 2))
         logits = torch_dense(self.num_classes, features.shape[-1], name="head",
                              dtype=self.dtype, init=self.init_scheme)(features)
