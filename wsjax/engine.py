@@ -31,7 +31,7 @@ boundary through an optional ``wsjax.parallel.DataParallel``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,7 @@ import optax
 
 from wsjax.augment import NORMALIZATIONS, make_preprocess, normalize
 from wsjax.data import padded_batches
+from wsjax.freeze import freeze
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
 from wsjax.parallel import DataParallel
@@ -63,8 +64,10 @@ class Engine:
     continual backprop) after that, with the step's activations and its own state. ``guard``
     (a ``wsjax.train.DivergenceGuard``; None turns it off) decides when a step has diverged:
     the step is not applied, and ``fit`` stops that replica with stop reason ``'diverged'``
-    while the others go on. ``loop`` and ``replicas`` (``'auto'``, or as in the module
-    docstring) decide how the compiled program is laid out, never what it computes.
+    while the others go on. ``frozen`` names layers (path prefixes, ``wsjax.freeze``) that
+    training leaves alone: no optimizer step, BatchNorm running averages kept. ``loop`` and
+    ``replicas`` (``'auto'``, or as in the module docstring) decide how the compiled program
+    is laid out, never what it computes.
     ``replace(**changes)`` gives an engine with other decisions (another batch size for a
     sweep cell).
     """
@@ -75,7 +78,7 @@ class Engine:
                  loop: str = "auto", replicas: str = "auto",
                  parallel: DataParallel | None = None, objective: Objective | None = None,
                  after_update: Callable | None = None, step_hook: StepHook | None = None,
-                 guard: DivergenceGuard | None = DivergenceGuard()):
+                 guard: DivergenceGuard | None = DivergenceGuard(), frozen: Sequence[str] = ()):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not (isinstance(value, (int, np.integer)) and value >= 1):
                 raise ValueError(f"Engine({name}={value!r}): must be a positive integer")
@@ -86,9 +89,10 @@ class Engine:
                              normalization=normalization, augmentations=tuple(augmentations),
                              input_shape=tuple(input_shape), loop=loop, replicas=replicas,
                              parallel=parallel, objective=objective, after_update=after_update,
-                             step_hook=step_hook,
-                             guard=guard)
+                             step_hook=step_hook, guard=guard, frozen=tuple(frozen))
         self.model, self.tx = model, tx
+        # Frozen layers (wsjax.freeze): no optimizer step, running averages kept.
+        train_tx = freeze(tx, frozen) if frozen else tx
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalization, self.input_shape = normalization, tuple(input_shape)
         self.parallel = parallel
@@ -96,15 +100,15 @@ class Engine:
         self.replicas = resolve_replicas(replicas, model, self.input_shape, parallel)
         self._spmd = parallel.spmd_axis_name if parallel is not None else None
         self.epoch = make_epoch_fn(
-            model, tx, batch_size=batch_size, loop=self.loop, replicas=self.replicas,
+            model, train_tx, batch_size=batch_size, loop=self.loop, replicas=self.replicas,
             parallel=parallel,
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
-            after_update=after_update, step_hook=step_hook, guard=guard)
+            after_update=after_update, step_hook=step_hook, guard=guard, frozen=tuple(frozen))
         self.step_hook = step_hook
         # Built once: new_state runs at every stage, and a fresh jit would recompile each time.
         self._hook_init = jax.jit(jax.vmap(step_hook.init)) if step_hook is not None else None
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
-        self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, tx)))
+        self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, train_tx)))
         self._passes: dict[str, Callable] = {}  # compiled on first use
 
     def replace(self, **changes) -> Engine:
@@ -233,9 +237,9 @@ class Engine:
               ) -> Callable:
         """Compiles (once per ``name`` and index layout) ``run(states, ids, mask, x,
         y=None)``: ``fn(replica, ids, mask, x, y)`` of one replica for one batch, applied to
-        every replica (``wsjax.replicas.replica_map``) and every batch of the ``(num_batches, batch)`` arrays ``ids``
-        and ``mask`` (``(R, num_batches, batch)`` with ``per_replica_ids``: each replica its
-        own examples); its outputs are summed over batches (``reduce='sum'``) or concatenated
+        every replica (``wsjax.replicas.replica_map``) and every batch of the
+        ``(num_batches, batch)`` arrays ``ids`` and ``mask`` (``(R, num_batches, batch)``
+        with ``per_replica_ids``: each replica its own examples); its outputs are summed over batches (``reduce='sum'``) or concatenated
         along the example axis (``'concat'``)."""
         key = (name, per_replica_ids)
         if key in self._passes:
@@ -373,7 +377,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                   jit: bool = True,
                   objective: Objective | None = None, after_update: Callable | None = None,
                   step_hook: StepHook | None = None,
-                  guard: DivergenceGuard | None = DivergenceGuard()):
+                  guard: DivergenceGuard | None = DivergenceGuard(), frozen=()):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
     ``Engine`` builds it once (``Engine.epoch``).
 
@@ -395,8 +399,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     ``replicas`` maps the step over the replica axis (``wsjax.replicas.replica_map``:
     ``'vmap'``, or ``'unroll'`` for conv nets on a CPU); the same result either way.
     ``jit=False`` returns the un-jitted device-loop function (for tracing tests).
-    ``preprocess``, ``objective``, ``after_update``, ``step_hook`` and ``guard`` go to
-    ``make_train_step``.
+    ``preprocess``, ``objective``, ``after_update``, ``step_hook``, ``guard`` and ``frozen``
+    go to ``make_train_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -407,7 +411,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
         raise ValueError("jit=False gives the device loop as one traceable function; the host "
                          "loop is a Python loop over a compiled step: use loop='device'")
     step = make_train_step(model, tx, preprocess, objective=objective,
-                           after_update=after_update, step_hook=step_hook, guard=guard)
+                           after_update=after_update, step_hook=step_hook, guard=guard,
+                           frozen=frozen)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None
 

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from wsjax.augment import make_preprocess
+from wsjax.freeze import keep_frozen
 from wsjax.models import init_variables, sown_activations
 from wsjax.objectives import Objective
 
@@ -119,7 +120,7 @@ class DivergenceGuard:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     preprocess: Callable | None = None, *, objective: Objective | None = None,
                     after_update: Callable | None = None, step_hook: StepHook | None = None,
-                    guard: DivergenceGuard | None = DivergenceGuard()):
+                    guard: DivergenceGuard | None = DivergenceGuard(), frozen=()):
     """Returns the pure ``step(state, batch, key) -> (state, metrics)`` for one replica.
 
     ``batch`` has ``image`` (uint8 NHWC), ``label`` (int) and ``mask`` (bool: which rows are
@@ -164,6 +165,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             return loss + objective.penalty(params), aux
 
         grads, (logits, (new_stats, sown)) = jax.grad(loss_fn, has_aux=True)(state.params)
+        if frozen:  # frozen layers' running averages stay as loaded (wsjax.freeze)
+            new_stats = keep_frozen(state.batch_stats, new_stats, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if after_update is not None:

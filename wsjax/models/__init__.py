@@ -20,6 +20,8 @@ from wsjax.models.activations import activation
 from wsjax.models.init import INIT_SCHEMES, check_init
 from wsjax.models.linear import MLP, logistic_regression
 from wsjax.models.resnet import BasicBlock, ResNet18
+from wsjax.models.vgg import CONFIGS as VGG_CONFIGS
+from wsjax.models.vgg import VGG
 from wsjax.trees import path_str
 
 MODELS = {
@@ -27,6 +29,7 @@ MODELS = {
     "mlp": partial(MLP, widths=(100, 100)),
     "resnet18_narrow": partial(ResNet18, widths=(16, 32, 64, 128)),
     "resnet18": partial(ResNet18, widths=(64, 128, 256, 512)),
+    **{f"vgg{depth}": partial(VGG, features=VGG_CONFIGS[depth]) for depth in (11, 13, 16, 19)},
 }
 
 
@@ -78,5 +81,5 @@ def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-__all__ = ["MODELS", "INIT_SCHEMES", "MLP", "ResNet18", "BasicBlock", "create_model",
+__all__ = ["MODELS", "INIT_SCHEMES", "MLP", "ResNet18", "BasicBlock", "VGG", "create_model",
            "init_variables", "count_params", "logistic_regression", "sown_activations"]
