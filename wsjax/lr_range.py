@@ -32,12 +32,19 @@ from wsjax.train import StopRule, replica_keys
 VERDICTS = ("diverged", "stalled", "converges")
 
 
-def injected(optimizer: str, learning_rate: float, **options) -> optax.GradientTransformation:
-    """``wsjax.optim.make_optimizer(optimizer, ...)`` with its learning rate held in the
-    optimizer state (``optax.inject_hyperparams``), so replicas can each have their own."""
+def injected(optimizer: str, learning_rate: float, weight_decay: float | None = None,
+             **options) -> optax.GradientTransformation:
+    """``wsjax.optim.make_optimizer(optimizer, ...)`` with its learning rate (and, when given,
+    its coupled ``weight_decay``) held in the optimizer state (``optax.inject_hyperparams``),
+    so replicas can each have their own (``with_hyperparams``)."""
+    if weight_decay is None:
+        return optax.inject_hyperparams(
+            lambda learning_rate: make_optimizer(optimizer, learning_rate, **options))(
+                learning_rate=learning_rate)
     return optax.inject_hyperparams(
-        lambda learning_rate: make_optimizer(optimizer, learning_rate, **options))(
-            learning_rate=learning_rate)
+        lambda learning_rate, weight_decay: make_optimizer(
+            optimizer, learning_rate, weight_decay=weight_decay, **options))(
+                learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 def with_hyperparams(opt_state, **values):

@@ -54,8 +54,13 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
                          f"(or an optax schedule)")
     for label, wd in (("weight_decay", weight_decay),
                       ("decoupled_weight_decay", decoupled_weight_decay)):
-        if not _finite_at_least(wd, 0.0):
+        if not isinstance(wd, jax.Array) and not _finite_at_least(wd, 0.0):
             raise ValueError(f"{label}={wd!r} must be a finite number >= 0")
+    # An array (injected per replica) may be zero for some replicas: always applied.
+    weight_decay = weight_decay if isinstance(weight_decay, jax.Array) else float(weight_decay)
+    if isinstance(decoupled_weight_decay, jax.Array):
+        raise ValueError("decoupled_weight_decay cannot be injected per replica; inject "
+                         "weight_decay (coupled) instead")
     if decoupled_weight_decay:
         if name == "adam":
             direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
@@ -68,7 +73,7 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
         decoupled = optax.chain(
             direction, optax.add_decayed_weights(decoupled_weight_decay, decay_mask),
             optax.scale_by_learning_rate(learning_rate))
-        if weight_decay == 0.0:
+        if not isinstance(weight_decay, jax.Array) and weight_decay == 0.0:
             return decoupled
         return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), decoupled)
     if name == "adam":
@@ -79,6 +84,6 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum} must be in [0, 1)")
         base = optax.sgd(learning_rate, momentum=momentum, nesterov=name == "nesterov")
-    if weight_decay == 0.0:
+    if not isinstance(weight_decay, jax.Array) and weight_decay == 0.0:
         return base
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), base)
