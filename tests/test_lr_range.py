@@ -52,7 +52,7 @@ def test_range_test_finds_the_rates_that_diverge(synthetic, tmp_path):
     assert result.verdicts[:2] == ["diverged", "diverged"]
     assert result.diverged_at[0] is not None and result.diverged_at[0][0] == 1
     assert result.verdicts[2] == "converges" and result.verdicts[3] == "stalled"
-    assert result.final_loss[2] < 0.5 * result.initial_loss < result.final_loss[3]
+    assert result.final_loss[2] < 0.9 * result.initial_loss < result.final_loss[3]
     # Curves stop where a replica diverged and run on where it did not.
     assert np.isnan(result.train_loss[:, 0]).all()
     assert np.isfinite(result.train_loss[:, 2:]).all()

@@ -107,7 +107,8 @@ def test_drop_block_drops_whole_squares_at_about_the_rate():
 
 
 @pytest.mark.parametrize("name, option", [("mlp", {"dropout": 0.5}),
-                                          ("resnet18_narrow", {"dropblock": 0.2})])
+                                          ("resnet18_narrow", {"dropblock": 0.2}),
+                                          ("resnet18_narrow", {"dropout": 0.2})])
 def test_dropout_only_in_training_with_a_key(name, option):
     from wsjax.models import init_variables
 

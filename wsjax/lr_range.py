@@ -73,8 +73,8 @@ class RangeResult:
     of the last state (for a diverged replica, its last finite one); ``val_loss``/``val_acc``
     on ``val_idx`` when given; ``diverged_at``: (epoch, step) where the guard stopped a
     replica, else None; ``verdicts``: ``'diverged'`` (the guard stopped it, or it ended with a
-    higher loss than it started with), ``'converges'`` (its final loss is below
-    ``converged_below`` x the initial loss), else ``'stalled'``.
+    higher loss than it started with), ``'converges'`` (its final loss is at least
+    ``min_improvement`` (a share) below the initial loss), else ``'stalled'``.
     """
 
     lrs: list[float]
@@ -125,7 +125,7 @@ class RangeResult:
 
 def lr_range_test(model, optimizer: str, lrs: Sequence[float], x, y, train_idx,
                   val_idx=None, *, epochs: int = 5, seed: int = 0, same_init: bool = True,
-                  converged_below: float = 0.5, optimizer_options: dict | None = None,
+                  min_improvement: float = 0.1, optimizer_options: dict | None = None,
                   **engine_options) -> RangeResult:
     """Trains ``model`` with ``optimizer`` (a ``wsjax.optim`` name) at every rate of ``lrs``
     for ``epochs`` epochs on ``x[train_idx]`` (device arrays ``x``, ``y``; numpy indices),
@@ -134,8 +134,8 @@ def lr_range_test(model, optimizer: str, lrs: Sequence[float], x, y, train_idx,
     lrs = [float(lr) for lr in lrs]
     if not lrs or not all(math.isfinite(lr) and lr > 0 for lr in lrs):
         raise ValueError(f"lrs={lrs!r} must be positive finite learning rates")
-    if not 0.0 < converged_below < 1.0:
-        raise ValueError(f"converged_below={converged_below!r} must be in (0, 1)")
+    if not 0.0 < min_improvement < 1.0:
+        raise ValueError(f"min_improvement={min_improvement!r} must be in (0, 1)")
     engine = Engine(model, injected(optimizer, lrs[0], **(optimizer_options or {})),
                     **engine_options)
     seeds = [seed] * len(lrs) if same_init else [seed + i for i in range(len(lrs))]
@@ -160,7 +160,7 @@ def lr_range_test(model, optimizer: str, lrs: Sequence[float], x, y, train_idx,
     for r in range(len(lrs)):
         if progress.diverged_at[r] is not None or not final[r] <= initial:
             verdicts.append("diverged")
-        elif final[r] < converged_below * initial:
+        elif final[r] <= (1.0 - min_improvement) * initial:
             verdicts.append("converges")
         else:
             verdicts.append("stalled")

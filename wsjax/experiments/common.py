@@ -87,8 +87,8 @@ class ModelConfig(Checked):
                        "a lesson's: wsjax.models.init)", choices=INIT_SCHEMES)
     activation: str | None = option(None, "hidden-layer activation of the MLP (default relu)",
                                     choices=sorted(ACTIVATIONS))
-    dropout: float = option(0.0, "dropout rate of the MLP's hidden layers in training",
-                            check=RATE)
+    dropout: float = option(0.0, "dropout rate in training: the MLP's hidden layers, the "
+                            "ResNet's last two stages", check=RATE)
     dropblock: float = option(0.0, "DropBlock rate of the ResNet's last two stages in "
                               "training (blocks of 3x3)", check=RATE)
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wsjax.models.batchnorm import BatchNorm
-from wsjax.models.dropout import DropBlock
+from wsjax.models.dropout import DropBlock, Dropout
 from wsjax.models.init import torch_conv, torch_dense
 
 
@@ -76,7 +76,8 @@ class ResNet18(nn.Module):
 
     ``init_scheme`` names the scheme of every conv and the head (``wsjax.models.init``;
     default PyTorch's); ``dropblock`` > 0 applies DropBlock (``wsjax.models.dropout``, blocks
-    of ``dropblock_size``) to the output of the last two stages in training.
+    of ``dropblock_size``) to the output of the last two stages in training, ``dropout`` > 0
+    plain (unit-wise) dropout at the same places, for comparison.
 
     Post-ReLU activations are sown into ``'intermediates'`` (a no-op unless mutable), each as
     ``<conv>_act`` for the conv whose output channels they are: ``stem_conv_act``,
@@ -92,6 +93,7 @@ class ResNet18(nn.Module):
     init_scheme: str = "torch"
     dropblock: float = 0.0
     dropblock_size: int = 3
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
@@ -110,6 +112,7 @@ class ResNet18(nn.Module):
             if stage >= len(self.widths) - 2:  # the last two stages, as the DropBlock paper
                 x = DropBlock(self.dropblock, self.dropblock_size,
                               name=f"stage{stage + 1}_dropblock")(x, train)
+                x = Dropout(self.dropout, name=f"stage{stage + 1}_dropout")(x, train)
         features = jnp.mean(x, axis=(1, 2))
         logits = torch_dense(self.num_classes, features.shape[-1], name="head",
                              dtype=self.dtype, init=self.init_scheme)(features)
