@@ -142,8 +142,9 @@ def _per_seed(rows, values, key):
 def protocol_notes(*runs) -> str:
     """How the evidence of ``runs`` (records; a sweep's cells count) departs from the official
     protocol in ways the table must show: a subset of the training images, other layer widths,
-    an epoch cap below the official 350, the "stops improving" fallback beside the 99% rule, one split shared by every seed (every run written
-    before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
+    another init, activation, dropout or augmentation, an epoch cap below the official 350, the
+    "stops improving" fallback beside the 99% rule, one split shared by every seed (every run
+    written before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
     return "; ".join(dict.fromkeys(_deviations(runs)))
 
 
@@ -157,6 +158,16 @@ def _deviations(runs):
             yield f"{config['train_subset']:,}-image subset"
         if config.get("widths"):
             yield f"widths {config['widths']}"
+        # The toolkit's model and training options, where a run changed them.
+        if config.get("init", "torch") != "torch":
+            yield f"{config['init']} init"
+        if config.get("activation"):
+            yield f"{config['activation']} activation"
+        for name in ("dropout", "dropblock"):
+            if config.get(name):
+                yield f"{name} {config[name]:g}"
+        if config.get("augment"):
+            yield "augmented (" + ", ".join(config["augment"]) + ")"
         if config.get("max_epochs", 350) < 350:
             yield f"{config['max_epochs']}-epoch cap"
         if config.get("plateau_window"):

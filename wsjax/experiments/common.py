@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from wsjax import data as wdata
+from wsjax.augment import AUGMENTATIONS
 from wsjax.engine import Engine
 from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, RATE,
                                      Checked, Rule, flatten, option)
@@ -113,6 +114,9 @@ class TrainConfig(Checked):
     parallel: str = option("auto", "data parallelism over all devices (auto: batch for conv "
                            "nets, replica for small models when the seeds divide evenly; "
                            "none on one device)", choices=("auto", "none", "batch", "replica"))
+    augment: tuple[str, ...] = option((), "on-device augmentations in training, in order "
+                                      "(the study uses none)", nargs="*",
+                                      choices=sorted(AUGMENTATIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +351,8 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     engine = Engine(model, make_optimizer(s.optim.optimizer, s.optim.lr,
                                           weight_decay=s.optim.weight_decay),
                     batch_size=s.train.batch_size, input_shape=ds.image_shape,
-                    parallel=parallel, objective=objective, after_update=after_update)
+                    parallel=parallel, objective=objective, after_update=after_update,
+                    augmentations=s.train.augment)
     check_sizes(s, ds)
     data = study_data(s.data, ds, engine.put, seeds)
     # Only now, with every value checked: a run refused above leaves no config behind.
