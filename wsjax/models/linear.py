@@ -51,7 +51,8 @@ class MLP(nn.Module):
             # Post-activation units, recorded only when 'intermediates' is mutable (ReDo,
             # continual backprop and the plasticity diagnostics read them).
             self.sow("intermediates", f"hidden_{i}_act", x)
-            x = Dropout(self.dropout, name=f"dropout_{i}")(x, train)
+            if self.dropout:  # no layer at all without it: summaries stay as they were
+                x = Dropout(self.dropout, name=f"dropout_{i}")(x, train)
         features = x
         logits = torch_dense(self.num_classes, x.shape[-1], use_bias=self.use_bias, name="head",
                              dtype=self.dtype, init=self.init_scheme)(x)

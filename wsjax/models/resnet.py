@@ -109,9 +109,11 @@ class ResNet18(nn.Module):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, stride, self.bn_momentum, self.dtype, self.init_scheme,
                                name=f"stage{stage + 1}_block{block}")(x, train, mask)
-            if stage >= len(self.widths) - 2:  # the last two stages, as the DropBlock paper
+            # The last two stages, as the DropBlock paper; no layer at all at rate 0.
+            if stage >= len(self.widths) - 2 and self.dropblock:
                 x = DropBlock(self.dropblock, self.dropblock_size,
                               name=f"stage{stage + 1}_dropblock")(x, train)
+            if stage >= len(self.widths) - 2 and self.dropout:
                 x = Dropout(self.dropout, name=f"stage{stage + 1}_dropout")(x, train)
         features = jnp.mean(x, axis=(1, 2))
         logits = torch_dense(self.num_classes, features.shape[-1], name="head",
