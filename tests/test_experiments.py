@@ -224,6 +224,7 @@ def test_protocol_notes_name_each_deviation():
     assert claims.protocol_notes(reduced) == "widths [8, 16, 32, 64]; 40-epoch cap"
     toolkit = SimpleNamespace(script="warm_start", config={
         "split_seed": 0, "fixed_split": False, "init": "he_normal", "activation": "tanh",
-        "dropout": 0.1, "dropblock": 0.0, "augment": ["crop", "flip"]})
+        "dropout": 0.1, "dropblock": 0.0, "augment": ["crop", "flip"], "label_smoothing": 0.1})
     assert claims.protocol_notes(toolkit) == (
-        "he_normal init; tanh activation; dropout 0.1; augmented (crop, flip)")
+        "he_normal init; tanh activation; dropout 0.1; augmented (crop, flip); "
+        "label smoothing 0.1")

@@ -63,6 +63,12 @@ def test_vgg_sizes(depth, params):
     assert summarize_model(create_model(f"vgg{depth}", 10), xla=False).total_params == params
 
 
+def test_vgg_says_what_input_it_needs():
+    with pytest.raises(ValueError, match="at least 32x32, not 8x8"):
+        init_variables(create_model("vgg11", 10, widths_scale=16), jax.random.PRNGKey(0),
+                       (8, 8, 3))
+
+
 def test_narrow_vgg_runs_and_returns_features():
     model = create_model("vgg11", 10, widths_scale=16)
     variables = init_variables(model, jax.random.PRNGKey(0))

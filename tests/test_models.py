@@ -55,9 +55,12 @@ def test_mlp_bias_init_and_options():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_shapes_and_features(name):
     overrides = {"widths": (4, 4, 4, 4)} if name.startswith("resnet") else {}
+    size = 8
+    if name.startswith("vgg"):  # five 2x2 pools: 32x32 inputs; 1/32 of the widths
+        overrides, size = {"widths_scale": 32}, 32
     model = create_model(name, 5, **overrides)
-    v = init_variables(model, jax.random.key(0), (8, 8, 3))
-    x = jnp.ones((2, 8, 8, 3))
+    v = init_variables(model, jax.random.key(0), (size, size, 3))
+    x = jnp.ones((2, size, size, 3))
     logits, feats = model.apply(v, x, return_features=True)
     chex.assert_shape(logits, (2, 5))
     assert feats.shape[0] == 2

@@ -8,8 +8,8 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "colab").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
-    assert {p.stem for p in NOTEBOOKS} >= {"study", "quickstart", "speedrun"}
+def test_the_four_notebooks_exist():
+    assert {p.stem for p in NOTEBOOKS} >= {"study", "quickstart", "speedrun", "toolkit"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -88,6 +88,7 @@ def test_a_failing_batch_leaves_no_trial_running():
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
+    open_study("shared", storage)  # made once, as a launcher would, before the workers start
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(seed)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

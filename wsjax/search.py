@@ -8,7 +8,8 @@ result: a diverged trial is told as failed, and a round that raises tells its tr
 before the error goes on, so no trial is left running. The study lives in a database:
 
 - one machine: a SQLite file (``storage='sqlite:///search.db'``); several worker processes can
-  share it (SQLite's lock serializes their writes; each ``ask`` gets its own trial number);
+  share it (SQLite's lock serializes their writes; each ``ask`` gets its own trial number;
+  workers started at the same moment retry while another one creates the tables);
 - several machines: the same study served from a database server they all reach
   (``storage='postgresql://user@host/db'``: any SQLAlchemy URL Optuna takes), one or more
   worker processes per machine, each running ``search`` with the same ``study_name``.
@@ -27,6 +28,7 @@ architecture. Optuna is imported only here (``pip install optuna``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -45,11 +47,20 @@ def open_study(name: str, storage: str | None = None, direction: str = "maximize
     write lock instead of failing at once."""
     import optuna
 
-    if storage is not None and storage.startswith("sqlite"):
-        storage = optuna.storages.RDBStorage(
-            storage, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.create_study(study_name=name, storage=storage, direction=direction,
-                               load_if_exists=True)
+    for attempt in range(5):
+        try:
+            db = storage
+            if storage is not None and storage.startswith("sqlite"):
+                db = optuna.storages.RDBStorage(
+                    storage, engine_kwargs={"connect_args": {"timeout": 60}})
+            return optuna.create_study(study_name=name, storage=db, direction=direction,
+                                       load_if_exists=True)
+        except Exception as e:
+            # Workers started together race to create the database's tables (or the study):
+            # the loser finds them made, and the next attempt opens them.
+            if attempt == 4 or "already exists" not in str(e):
+                raise
+            time.sleep(0.5 + attempt)
 
 
 def suggest(trial, space: Mapping[str, tuple]) -> dict[str, float]:

@@ -168,6 +168,8 @@ def _deviations(runs):
                 yield f"{name} {config[name]:g}"
         if config.get("augment"):
             yield "augmented (" + ", ".join(config["augment"]) + ")"
+        if config.get("label_smoothing"):
+            yield f"label smoothing {config['label_smoothing']:g}"
         if config.get("max_epochs", 350) < 350:
             yield f"{config['max_epochs']}-epoch cap"
         if config.get("plateau_window"):

@@ -26,8 +26,8 @@ import jax
 
 from wsjax.experiments.common import QUICK, StudyConfig, finish, main_guard, setup, \
     with_default_out
-from wsjax.experiments.flags import (FRACTION, NON_NEGATIVE, PROPER_SHARE, Checked, option,
-                                     parse)
+from wsjax.experiments.flags import (FRACTION, NON_NEGATIVE, PROPER_SHARE, RATE, Checked,
+                                     option, parse)
 from wsjax.objectives import KINDS, Objective
 from wsjax.study.plots import plot_two_phase
 from wsjax.study.probes import bn_mismatch
@@ -70,6 +70,8 @@ class TwoPhaseConfig(Checked):
     objective: str = option("ce", "training loss in both rounds (regularization table)",
                             choices=KINDS)
     strength: float = option(0.0, "strength of --objective", check=NON_NEGATIVE)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy in both rounds",
+                                    check=RATE)
     sp_every_step: tuple[float, float] | None = option(
         None, "apply shrink-perturb after every optimizer step of every stage", nargs=2,
         metavar=("SHRINK", "NOISE"))
@@ -137,8 +139,8 @@ def print_table(results: dict) -> None:
 def run(cfg: TwoPhaseConfig, *, script: str = "warm_start", plot=plot_two_phase) -> Run:
     """Runs the two-phase experiment; returns (and writes) its record. ``script`` names the
     experiment the run belongs to (a cell of a sweep names the sweep)."""
-    objective = (Objective(cfg.objective, cfg.strength)
-                 if cfg.objective != "ce" or cfg.strength else None)
+    objective = (Objective(cfg.objective, cfg.strength, label_smoothing=cfg.label_smoothing)
+                 if cfg.objective != "ce" or cfg.strength or cfg.label_smoothing else None)
     run_ = setup(cfg, script, objective=objective, sp_every_step=cfg.sp_every_step)
     watch = make_watch(run_.engine, run_.data, curves=cfg.curves, bn_probe=cfg.bn_probe)
     outcome = run_two_phase(run_.stages, fit_idx=run_.data.fit_idx,

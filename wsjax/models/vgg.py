@@ -45,6 +45,10 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
+        pools = sum(1 for entry in self.features if entry == "M")
+        if min(x.shape[1:3]) < 2 ** pools:
+            raise ValueError(f"this VGG pools {pools} times: its inputs must be at least "
+                             f"{2 ** pools}x{2 ** pools}, not {x.shape[1]}x{x.shape[2]}")
         m = None if mask is None else mask.reshape(mask.shape + (1, 1, 1)).astype(bool)
         conv = 0
         for entry in self.features:
