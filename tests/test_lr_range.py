@@ -6,7 +6,8 @@ import pytest
 
 from wsjax import data as wdata
 from wsjax.engine import Engine
-from wsjax.lr_range import injected, lr_range_test, with_hyperparams
+from wsjax.lr_range import lr_range_test
+from wsjax.optim import injected, with_hyperparams
 from wsjax.models import create_model
 from wsjax.toy_data import TOY_SETS, playground, points
 from wsjax.train import StopRule, replica_keys

@@ -239,8 +239,8 @@ class Engine:
         y=None)``: ``fn(replica, ids, mask, x, y)`` of one replica for one batch, applied to
         every replica (``wsjax.replicas.replica_map``) and every batch of the
         ``(num_batches, batch)`` arrays ``ids`` and ``mask`` (``(R, num_batches, batch)``
-        with ``per_replica_ids``: each replica its own examples); its outputs are summed over batches (``reduce='sum'``) or concatenated
-        along the example axis (``'concat'``)."""
+        with ``per_replica_ids``: each replica its own examples); its outputs are summed over
+        batches (``reduce='sum'``) or concatenated along the example axis (``'concat'``)."""
         key = (name, per_replica_ids)
         if key in self._passes:
             return self._passes[key]

@@ -4,14 +4,14 @@ program, and which of them diverge, stall or converge.
 A training lesson tries lr 100, 10, 1, 0.2 and 0.001 one run at a time; here the rates are the
 replicas of one ``Engine``: the optimizer is wrapped in ``optax.inject_hyperparams``, so its
 learning rate lives in the optimizer state, and each replica's state gets its own
-(``with_hyperparams``). Every replica starts from the same initialization (one seed) unless
-``same_init=False``, so the rates are all that differs. The engine's ``DivergenceGuard``
-stops a replica whose step blew up (a non-finite loss or parameters, or a loss above 100 x
-ln C) and keeps it out of the others' way.
+(``wsjax.optim.injected``, ``with_hyperparams``). Every replica starts from the same
+initialization (one seed) unless ``same_init=False``, so the rates are all that differs. The
+engine's ``DivergenceGuard`` stops a replica whose step blew up (a non-finite loss or
+parameters, or a loss above 100 x ln C) and keeps it out of the others' way.
 
 >>> result = lr_range_test(create_model("mlp", 10), "sgd", [100, 10, 1, 0.2, 0.001],
 ...                        x, y, train_idx, epochs=5)
->>> result.verdicts            # ['diverged', 'diverged', 'diverged', 'stalled', 'converges']
+>>> result.verdicts            # e.g. ['diverged', 'diverged', 'diverged', 'stalled', ...]
 >>> result.plot("lr_range.png")
 """
 
@@ -21,47 +21,13 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from wsjax.engine import Engine
-from wsjax.optim import make_optimizer
+from wsjax.optim import injected, with_hyperparams
 from wsjax.train import StopRule, replica_keys
 
 VERDICTS = ("diverged", "stalled", "converges")
-
-
-def injected(optimizer: str, learning_rate: float, weight_decay: float | None = None,
-             **options) -> optax.GradientTransformation:
-    """``wsjax.optim.make_optimizer(optimizer, ...)`` with its learning rate (and, when given,
-    its coupled ``weight_decay``) held in the optimizer state (``optax.inject_hyperparams``),
-    so replicas can each have their own (``with_hyperparams``)."""
-    if weight_decay is None:
-        return optax.inject_hyperparams(
-            lambda learning_rate: make_optimizer(optimizer, learning_rate, **options))(
-                learning_rate=learning_rate)
-    return optax.inject_hyperparams(
-        lambda learning_rate, weight_decay: make_optimizer(
-            optimizer, learning_rate, weight_decay=weight_decay, **options))(
-                learning_rate=learning_rate, weight_decay=weight_decay)
-
-
-def with_hyperparams(opt_state, **values):
-    """An injected optimizer state (stacked over R replicas) whose hyperparameters named in
-    ``values`` take one value per replica (each a length-R sequence)."""
-    hyper = dict(opt_state.hyperparams)
-    for name, per_replica in values.items():
-        if name not in hyper:
-            raise ValueError(f"the optimizer has no hyperparameter {name!r}; it has "
-                             f"{sorted(hyper)}")
-        old = hyper[name]
-        new = jnp.asarray(per_replica, dtype=old.dtype)
-        if new.shape != old.shape:
-            raise ValueError(f"{name}: {new.shape[0] if new.ndim else 1} values for "
-                             f"{old.shape[0] if old.ndim else 1} replicas")
-        hyper[name] = new
-    return opt_state._replace(hyperparams=hyper)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,6 @@
-"""Optimizers as the study uses them: PyTorch's SGD and Adam with *coupled* L2 weight decay.
+"""Optimizers as the study uses them: PyTorch's SGD and Adam with *coupled* L2 weight decay;
+and hyperparameters held in the optimizer state, one value per replica (``injected``,
+``with_hyperparams``: a learning-rate range test or a search trains many settings at once).
 
 PyTorch's ``weight_decay`` adds ``wd * param`` to the gradient before momentum or Adam's moments
 see it; ``optax.chain(add_decayed_weights(wd), sgd/adam)`` is exactly that (``optax.adamw`` is the
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
@@ -87,3 +90,35 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9, b1: float
     if not isinstance(weight_decay, jax.Array) and weight_decay == 0.0:
         return base
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), base)
+
+
+def injected(optimizer: str, learning_rate: float, weight_decay: float | None = None,
+             **options) -> optax.GradientTransformation:
+    """``wsjax.optim.make_optimizer(optimizer, ...)`` with its learning rate (and, when given,
+    its coupled ``weight_decay``) held in the optimizer state (``optax.inject_hyperparams``),
+    so replicas can each have their own (``with_hyperparams``)."""
+    if weight_decay is None:
+        return optax.inject_hyperparams(
+            lambda learning_rate: make_optimizer(optimizer, learning_rate, **options))(
+                learning_rate=learning_rate)
+    return optax.inject_hyperparams(
+        lambda learning_rate, weight_decay: make_optimizer(
+            optimizer, learning_rate, weight_decay=weight_decay, **options))(
+                learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def with_hyperparams(opt_state, **values):
+    """An injected optimizer state (stacked over R replicas) whose hyperparameters named in
+    ``values`` take one value per replica (each a length-R sequence)."""
+    hyper = dict(opt_state.hyperparams)
+    for name, per_replica in values.items():
+        if name not in hyper:
+            raise ValueError(f"the optimizer has no hyperparameter {name!r}; it has "
+                             f"{sorted(hyper)}")
+        old = hyper[name]
+        new = jnp.asarray(per_replica, dtype=old.dtype)
+        if new.shape != old.shape:
+            raise ValueError(f"{name}: {new.shape[0] if new.ndim else 1} values for "
+                             f"{old.shape[0] if old.ndim else 1} replicas")
+        hyper[name] = new
+    return opt_state._replace(hyperparams=hyper)

@@ -3,7 +3,7 @@
 Optuna decides what to try (its default TPE sampler, or any other) and keeps the study; wsjax
 trains. Each round a worker asks the study for ``batch`` trials, trains them as the replicas of
 one compiled program (each replica its trial's learning rate and weight decay, injected into
-the optimizer state: ``wsjax.lr_range.with_hyperparams``), and tells the study every trial's
+the optimizer state: ``wsjax.optim.with_hyperparams``), and tells the study every trial's
 result: a diverged trial is told as failed, and a round that raises tells its trials failed
 before the error goes on, so no trial is left running. The study lives in a database:
 
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from wsjax.engine import Engine
-from wsjax.lr_range import injected, with_hyperparams
+from wsjax.optim import injected, with_hyperparams
 from wsjax.train import StopRule, replica_keys
 
 # Searchable per replica: what ``injected`` puts in the optimizer state.
