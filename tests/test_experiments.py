@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from wsjax.experiments import (bn_stats, checkpoint_age, claims, curves, grad_norms, online,
+from wsjax.budget import parameter_count
+from wsjax.experiments.common import ModelConfig, build_model
+from wsjax.experiments import (bn_stats, budget, checkpoint_age, claims, curves, grad_norms, online,
                                perturb_only, redraw, regularization, shrink_only, sp_every_step,
                                sp_grid, sweep, table1, transfer, warm_start)
 from wsjax.warmstart import Arm
@@ -149,6 +151,21 @@ def test_bn_stats_modes_and_mismatch_probe(results):
     # Redraw from the saved files alone.
     drawn = redraw.main([str(results / "bn")])
     assert any(p.name == "bn_stats.png" for p in drawn)
+
+
+def test_budget_study_trains_every_arm(tmp_path):
+    out = budget.main(["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "1",
+                       "--epochs", "1", "--batch-size", "32", "--families", "hashed:0.5",
+                       "--out", str(tmp_path / "budget"), "--progress", "off"])
+    res = out.results
+    student = res.students["hashed:0.5"]
+    assert set(student.arms) == {"alone", "distilled", "warm_sp"} and not student.solved
+    assert res.teacher_params == 174_676  # WRN-16-1 with a 4-class head
+    host = ModelConfig(model="wrn16_1", init="he_normal", conv="hashed:0.5")
+    assert student.params == parameter_count(build_model(host, 4), (8, 8, 3))
+    for rows in [res.teacher_seeds, *student.arms.values()]:
+        assert len(rows) == 1 and all(r.epochs == 1 and 0 <= r.test_acc <= 1 for r in rows)
+    assert len(student.curves["warm_sp"]) == 1 and (tmp_path / "budget" / "results.json").exists()
 
 
 def test_bad_flags_are_named(tmp_path, capsys):

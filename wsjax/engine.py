@@ -41,6 +41,7 @@ import optax
 
 from wsjax.augment import NORMALIZATIONS, make_preprocess, normalize
 from wsjax.data import padded_batches
+from wsjax.distill import Distillation
 from wsjax.freeze import freeze
 from wsjax.models import init_variables
 from wsjax.objectives import Objective
@@ -68,6 +69,8 @@ class Engine:
     training leaves alone: no optimizer step, BatchNorm running averages kept. ``loop`` and
     ``replicas`` (``'auto'``, or as in the module docstring) decide how the compiled program
     is laid out, never what it computes.
+    ``distill`` (a ``wsjax.distill.Distillation``) trains against a teacher whose variables
+    each replica's state carries (``new_state(variables, extra=teacher_variables)``).
     ``replace(**changes)`` gives an engine with other decisions (another batch size for a
     sweep cell).
     """
@@ -78,7 +81,8 @@ class Engine:
                  loop: str = "auto", replicas: str = "auto",
                  parallel: DataParallel | None = None, objective: Objective | None = None,
                  after_update: Callable | None = None, step_hook: StepHook | None = None,
-                 guard: DivergenceGuard | None = DivergenceGuard(), frozen: Sequence[str] = ()):
+                 guard: DivergenceGuard | None = DivergenceGuard(), frozen: Sequence[str] = (),
+                 distill: Distillation | None = None):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not (isinstance(value, (int, np.integer)) and value >= 1):
                 raise ValueError(f"Engine({name}={value!r}): must be a positive integer")
@@ -89,7 +93,8 @@ class Engine:
                              normalization=normalization, augmentations=tuple(augmentations),
                              input_shape=tuple(input_shape), loop=loop, replicas=replicas,
                              parallel=parallel, objective=objective, after_update=after_update,
-                             step_hook=step_hook, guard=guard, frozen=tuple(frozen))
+                             step_hook=step_hook, guard=guard, frozen=tuple(frozen),
+                             distill=distill)
         self.model, self.tx = model, tx
         # Frozen layers (wsjax.freeze): no optimizer step, running averages kept.
         train_tx = freeze(tx, frozen) if frozen else tx
@@ -103,8 +108,9 @@ class Engine:
             model, train_tx, batch_size=batch_size, loop=self.loop, replicas=self.replicas,
             parallel=parallel,
             preprocess=make_preprocess(augmentations, normalization), objective=objective,
-            after_update=after_update, step_hook=step_hook, guard=guard, frozen=tuple(frozen))
-        self.step_hook = step_hook
+            after_update=after_update, step_hook=step_hook, guard=guard, frozen=tuple(frozen),
+            distill=distill)
+        self.step_hook, self.distill = step_hook, distill
         # Built once: new_state runs at every stage, and a fresh jit would recompile each time.
         self._hook_init = jax.jit(jax.vmap(step_hook.init)) if step_hook is not None else None
         self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
@@ -128,14 +134,19 @@ class Engine:
     def new_state(self, variables: dict, opt_state=None, extra=None) -> TrainState:
         """A ``TrainState`` at step 0 from stacked ``variables``, with a fresh optimizer state
         (the study starts every round with one) unless ``opt_state`` is given, and the step
-        hook's fresh state unless ``extra`` is given; placed on the devices."""
+        hook's fresh state unless ``extra`` is given (with ``distill``, ``extra`` is the
+        teacher's stacked variables, and required); placed on the devices."""
         state = self._create(variables)
         if opt_state is not None:
             state = state.replace(opt_state=opt_state)
-        if self.step_hook is not None:
-            if extra is None:
-                extra = self._hook_init(state.params)
-            state = state.replace(extra=extra)
+        if self.step_hook is not None and extra is None:
+            extra = self._hook_init(state.params)
+        if self.distill is not None and extra is None:
+            raise ValueError("a distilling engine trains against a teacher: pass the teacher's "
+                             "stacked variables as new_state(..., extra=teacher_variables)")
+        if extra is not None:
+            # A copy: the epoch donates the state, which would delete the caller's arrays.
+            state = state.replace(extra=jax.tree.map(jnp.array, extra))
         return self.place(state)
 
     def init_states(self, keys) -> TrainState:
@@ -377,7 +388,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                   jit: bool = True,
                   objective: Objective | None = None, after_update: Callable | None = None,
                   step_hook: StepHook | None = None,
-                  guard: DivergenceGuard | None = DivergenceGuard(), frozen=()):
+                  guard: DivergenceGuard | None = DivergenceGuard(), frozen=(),
+                  distill: Distillation | None = None):
     """Returns ``epoch(states, keys, active, x, y, idx, n) -> (states, metrics)``; an
     ``Engine`` builds it once (``Engine.epoch``).
 
@@ -399,8 +411,8 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
     ``replicas`` maps the step over the replica axis (``wsjax.replicas.replica_map``:
     ``'vmap'``, or ``'unroll'`` for conv nets on a CPU); the same result either way.
     ``jit=False`` returns the un-jitted device-loop function (for tracing tests).
-    ``preprocess``, ``objective``, ``after_update``, ``step_hook``, ``guard`` and ``frozen``
-    go to ``make_train_step``.
+    ``preprocess``, ``objective``, ``after_update``, ``step_hook``, ``guard``, ``frozen`` and
+    ``distill`` go to ``make_train_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -412,7 +424,7 @@ def make_epoch_fn(model: nn.Module, tx: optax.GradientTransformation, *, batch_s
                          "loop is a Python loop over a compiled step: use loop='device'")
     step = make_train_step(model, tx, preprocess, objective=objective,
                            after_update=after_update, step_hook=step_hook, guard=guard,
-                           frozen=frozen)
+                           frozen=frozen, distill=distill)
     constrain = parallel.constrain_batch if parallel is not None else (lambda t: t)
     spmd = parallel.spmd_axis_name if parallel else None
 

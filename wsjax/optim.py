@@ -122,3 +122,28 @@ def with_hyperparams(opt_state, **values):
                              f"{old.shape[0] if old.ndim else 1} replicas")
         hyper[name] = new
     return opt_state._replace(hyperparams=hyper)
+
+
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def lr_schedule(kind: str, learning_rate: float, *, epochs: int, steps_per_epoch: int,
+                milestones=(0.3, 0.6, 0.8), gamma: float = 0.2):
+    """A learning-rate schedule over ``epochs`` of ``steps_per_epoch`` steps: ``'constant'``;
+    ``'cosine'`` annealing to 0 at the last step (Loshchilov & Hutter, without restarts);
+    ``'step'``: multiplied by ``gamma`` at each of the ``milestones`` (fractions of the run;
+    the WRN recipe's 60/120/160 of 200 epochs, x0.2, is the default)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(f"epochs={epochs} and steps_per_epoch={steps_per_epoch} must be >= 1")
+    total = epochs * steps_per_epoch
+    if kind == "constant":
+        return optax.constant_schedule(learning_rate)
+    if kind == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, total)
+    if not all(0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(milestones):
+        raise ValueError(f"milestones={milestones!r} must be increasing fractions in (0, 1)")
+    # An epoch boundary, as PyTorch's MultiStepLR steps once per epoch.
+    bounds = {round(m * epochs) * steps_per_epoch: gamma for m in milestones}
+    return optax.piecewise_constant_schedule(learning_rate, bounds)

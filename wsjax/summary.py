@@ -6,10 +6,13 @@ parameter shapes and counts and multiply-adds, then the totals and XLA's own cou
 Layers are found by tracing one forward pass (``jax.eval_shape``: nothing is computed) with
 ``flax.linen.intercept_methods``, so any Flax model works. Multiply-adds are counted per
 example, analytically, for the layers that do them: a ``Dense`` does in x out, a ``Conv``
-kh x kw x in / groups x out per output pixel; normalization, activations, pooling and the
-residual sums are not counted (as torchinfo does not). The footer adds XLA's cost analysis
-of the compiled forward pass at batch 1 (``flops``, which counts a multiply-add as 2 and also
-counts the elementwise work), where the backend reports it.
+kh x kw x in / groups x out per output pixel, a layer with a ``mult_adds(inputs, output)``
+method what it says (the cheap substitutes of ``wsjax.models.substitutes``); normalization,
+activations, pooling and the residual sums are not counted (as torchinfo does not). A second
+total adds one per element of every BatchNorm output (its scale), as some papers count (the
+Wide ResNet mult-adds of the Moonshine line of work, 5.24564e9 for WRN-28-10, are that total).
+The footer adds XLA's cost analysis of the compiled forward pass at batch 1 (``flops``, which
+counts a multiply-add as 2 and also counts the elementwise work), where the backend reports it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class ModelSummary:
     mult_adds: int
     xla_flops: float | None
     input_shape: tuple
+    norm_mult_adds: int = 0  # BatchNorm's scale, one per output element
 
     def __str__(self) -> str:
         head = ("Layer (type)", "Output shape", "Param shapes", "Params", "Mult-adds")
@@ -65,6 +69,10 @@ class ModelSummary:
                f"Trainable params: {self.trainable_params:,}",
                f"Non-trainable state (batch statistics): {self.state_size:,}",
                f"Mult-adds per example: {self.mult_adds:,} ({self.mult_adds / 1e6:.2f} M)"]
+        if self.norm_mult_adds:
+            both = self.mult_adds + self.norm_mult_adds
+            out.append(f"  with BatchNorm counted (one per element): {both:,} "
+                       f"({both / 1e9:.5f} G)")
         if self.xla_flops is not None:
             out.append(f"XLA flops per example (forward, cost analysis): "
                        f"{self.xla_flops:,.0f} ({self.xla_flops / 1e6:.2f} M)")
@@ -79,6 +87,8 @@ def _size(tree) -> int:
 
 def _mult_adds(module, inputs, output) -> int:
     """Multiply-adds per example of one call (see the module docstring)."""
+    if hasattr(module, "mult_adds"):  # a layer that says what it does outside Dense and Conv
+        return int(module.mult_adds(inputs, output))
     if isinstance(module, nn.Dense):
         return int(inputs.shape[-1]) * int(module.features)
     if isinstance(module, nn.Conv):
@@ -143,7 +153,9 @@ def summarize_model(model: nn.Module, input_shape=(32, 32, 3), *, xla: bool = Tr
             mult_adds=_mult_adds(module, inputs, output) if inputs is not None else 0,
             depth=len(module.path)))
     state = {k: v for k, v in variables.items() if k != "params"}
+    norm = sum(math.prod(r.output[1:]) for r in rows if "BatchNorm" in r.kind)
     return ModelSummary(
         rows=rows, total_params=_size(params), trainable_params=_size(params),
         state_size=_size(state), mult_adds=sum(r.mult_adds for r in rows),
-        xla_flops=_xla_flops(model, variables, x) if xla else None, input_shape=tuple(input_shape))
+        xla_flops=_xla_flops(model, variables, x) if xla else None, input_shape=tuple(input_shape),
+        norm_mult_adds=norm)

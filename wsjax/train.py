@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from wsjax.augment import make_preprocess
+from wsjax.distill import Distillation, sown_maps
 from wsjax.freeze import keep_frozen
 from wsjax.models import init_variables, sown_activations
 from wsjax.objectives import Objective
@@ -120,7 +121,8 @@ class DivergenceGuard:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     preprocess: Callable | None = None, *, objective: Objective | None = None,
                     after_update: Callable | None = None, step_hook: StepHook | None = None,
-                    guard: DivergenceGuard | None = DivergenceGuard(), frozen=()):
+                    guard: DivergenceGuard | None = DivergenceGuard(), frozen=(),
+                    distill: Distillation | None = None):
     """Returns the pure ``step(state, batch, key) -> (state, metrics)`` for one replica.
 
     ``batch`` has ``image`` (uint8 NHWC), ``label`` (int) and ``mask`` (bool: which rows are
@@ -132,10 +134,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     ``metrics`` holds sums (``loss_sum`` of the cross-entropy, ``correct``, ``count``) so
     epochs add up exactly, and ``diverged`` (1 when ``guard`` finds the step diverged, else 0;
     always 0 without a guard). The step itself is returned either way: the caller decides
-    whether to keep it (``make_epoch_fn`` does not).
+    whether to keep it (``make_epoch_fn`` does not). ``distill`` (a
+    ``wsjax.distill.Distillation``) adds the teacher's terms to the loss; the teacher's
+    variables are ``state.extra`` (so no step hook then).
     """
     preprocess = preprocess or make_preprocess()
     objective = objective or Objective()
+    if distill is not None and step_hook is not None:
+        raise ValueError("a distilled step keeps the teacher in TrainState.extra, where a step "
+                         "hook keeps its state: use one or the other")
 
     def step(state: TrainState, batch: dict, key):
         aug_key, after_key, hook_key = jax.random.split(key, 3)
@@ -144,7 +151,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         has_bn = bool(jax.tree.leaves(state.batch_stats))
         # The hook's activations come from the clean forward pass, as part of the loss's aux.
         collections = (["batch_stats"] if has_bn else []) + (
-            ["intermediates"] if step_hook is not None else [])
+            ["intermediates"] if step_hook is not None else []) + (
+            distill.collections if distill is not None else [])
 
         # Folded in, not split off: the other keys stay what they were before dropout existed.
         rngs = {"dropout": jax.random.fold_in(key, 3)}
@@ -155,16 +163,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             def apply(x):
                 if not collections:
                     return (model.apply(variables, x, train=True, rngs=rngs),
-                            (state.batch_stats, None))
+                            (state.batch_stats, None, None))
                 logits, updates = model.apply(variables, x, train=True, mask=mask,
                                               mutable=collections, rngs=rngs)
                 return logits, (updates.get("batch_stats", state.batch_stats),
-                                updates.get("intermediates"))
+                                updates.get("intermediates"), updates.get("attention"))
 
-            loss, aux = objective.loss(apply, images, batch["label"], mask)
-            return loss + objective.penalty(params), aux
+            loss, (logits, aux) = objective.loss(apply, images, batch["label"], mask)
+            if distill is not None:
+                t_logits, t_maps = distill.teacher(state.extra, images)
+                loss = distill.loss(loss, logits, sown_maps(aux[2]), t_logits, t_maps, mask)
+            return loss + objective.penalty(params), (logits, aux)
 
-        grads, (logits, (new_stats, sown)) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (logits, (new_stats, sown, _)) = jax.grad(loss_fn, has_aux=True)(state.params)
         if frozen:  # frozen layers' running averages stay as loaded (wsjax.freeze)
             new_stats = keep_frozen(state.batch_stats, new_stats, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -23,10 +23,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from wsjax.models import init_variables
-from wsjax.trees import check_mask, check_same_structure
+from wsjax.trees import check_mask, check_same_structure, path_str
 
 
 def check_range(name: str, value, lo: float, hi: float | None) -> None:
@@ -73,6 +74,25 @@ def shrink_perturb(params, fresh, shrink: float, perturb: float, *, mask=None):
     check_range("perturb", perturb, 0.0, None)
     check_same_structure("params", params, "fresh", fresh)
     return _masked(lambda x, f: (shrink * x + perturb * f).astype(x.dtype), params, mask, fresh)
+
+
+def transplant(source, target):
+    """``target`` with every leaf that ``source`` has at the same path and shape replaced by
+    ``source``'s; returns ``(tree, mask)``, ``mask`` True where the leaf came from ``source``.
+    Warm-starts a model whose layers differ in part from the trained one's (a student whose
+    convolutions are cheap substitutes of its teacher's): ``shrink_perturb(tree, fresh, s, p,
+    mask=mask)`` then blends only what was carried over."""
+    flat = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
+
+    def pick(path, x):
+        y = flat.get(path_str(path))
+        return y if y is not None and np.shape(y) == np.shape(x) else None
+
+    picked = jax.tree_util.tree_map_with_path(pick, target)
+    tree = jax.tree.map(lambda p, x: x if p is None else p, picked, target,
+                        is_leaf=lambda v: v is None)
+    mask = jax.tree.map(lambda p: p is not None, picked, is_leaf=lambda v: v is None)
+    return tree, mask
 
 
 def _per_replica_keys(key) -> bool:

@@ -23,6 +23,7 @@ COMMANDS = {
     "sp_every_step": "appendix: shrink-perturb after every step",
     "bn_stats": "BatchNorm statistics kept / reset / recomputed (the notebook's claims 3-7)",
     "interventions": "plasticity interventions (DASH, L2 Init, ReDo, ...) under staged chunks",
+    "budget": "cheap convolutions under a parameter budget, alone / distilled / warm-started",
     "summary": "a model's layers, shapes, parameters and mult-adds (like torchinfo)",
     "claims": "the verdict table of every claim, from saved results",
     "redraw": "every figure again from saved results, no training",

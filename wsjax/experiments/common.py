@@ -92,6 +92,12 @@ class ModelConfig(Checked):
                             "ResNet's last two stages", check=RATE)
     dropblock: float = option(0.0, "DropBlock rate of the ResNet's last two stages in "
                               "training (blocks of 3x3)", check=RATE)
+    drop_path: float = option(0.0, "stochastic depth of the Wide ResNets: the last block's "
+                              "rate of dropping its residual branch (linear in depth)",
+                              check=RATE)
+    conv: str = option("full", "the residual blocks' 3x3 convolutions: full, or a cheap "
+                       "substitute kind[:size] (wsjax.models.substitutes), e.g. hashed:0.1, "
+                       "acdc:4, separable:1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,16 +268,19 @@ def seeds_of(cfg: TrainConfig) -> np.ndarray:
 
 
 def build_model(cfg: ModelConfig, num_classes: int):
-    """The model named by ``--model`` with ``--widths``, ``--init`` and ``--activation``
-    applied."""
+    """The model named by ``--model`` with ``--widths``, ``--init``, ``--activation``, the
+    dropout flags and ``--conv`` applied."""
     overrides = {"widths": tuple(cfg.widths)} if cfg.widths else {}
-    if cfg.init != "torch":
-        overrides["init_scheme"] = cfg.init
+    # Always passed: a model whose own default differs (the Wide ResNets' He init) then gets
+    # the scheme its run records.
+    overrides["init_scheme"] = cfg.init
     if cfg.activation is not None:
         overrides["activation"] = cfg.activation
-    for name in ("dropout", "dropblock"):
+    for name in ("dropout", "dropblock", "drop_path"):
         if getattr(cfg, name):
             overrides[name] = getattr(cfg, name)
+    if cfg.conv != "full":
+        overrides["conv"] = cfg.conv
     return create_model(cfg.model, num_classes, **overrides)
 
 

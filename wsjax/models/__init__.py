@@ -22,6 +22,8 @@ from wsjax.models.linear import MLP, logistic_regression
 from wsjax.models.resnet import BasicBlock, ResNet18
 from wsjax.models.vgg import CONFIGS as VGG_CONFIGS
 from wsjax.models.vgg import VGG
+from wsjax.models.substitutes import ConvSpec
+from wsjax.models.wrn import WideResNet
 from wsjax.trees import path_str
 
 MODELS = {
@@ -30,6 +32,9 @@ MODELS = {
     "resnet18_narrow": partial(ResNet18, widths=(16, 32, 64, 128)),
     "resnet18": partial(ResNet18, widths=(64, 128, 256, 512)),
     **{f"vgg{depth}": partial(VGG, features=VGG_CONFIGS[depth]) for depth in (11, 13, 16, 19)},
+    # Wide ResNets WRN-d-k: the Moonshine / attention-transfer teachers and students.
+    **{f"wrn{d}_{k}": partial(WideResNet, depth=d, widen=k)
+       for d, k in ((16, 1), (16, 2), (16, 4), (16, 8), (22, 8), (28, 10), (40, 2), (40, 4))},
 }
 
 
@@ -51,6 +56,8 @@ def create_model(name: str, num_classes: int, **overrides) -> nn.Module:
         check_init(overrides["init_scheme"])
     if "activation" in overrides:
         activation(overrides["activation"])
+    if isinstance(overrides.get("conv"), str):
+        overrides["conv"] = ConvSpec.parse(overrides["conv"])
     return builder(num_classes=num_classes, **overrides)
 
 
@@ -81,5 +88,6 @@ def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-__all__ = ["MODELS", "INIT_SCHEMES", "MLP", "ResNet18", "BasicBlock", "VGG", "create_model",
+__all__ = ["MODELS", "INIT_SCHEMES", "MLP", "ResNet18", "BasicBlock", "VGG", "WideResNet",
+           "ConvSpec", "create_model",
            "init_variables", "count_params", "logistic_regression", "sown_activations"]

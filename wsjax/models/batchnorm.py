@@ -81,3 +81,17 @@ class BatchNorm(nn.Module):
         axes = tuple(range(1, xf.ndim - 1))
         mean = jnp.mean(xf, axes, keepdims=True)
         return xf, mean, jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+
+
+def norm_layer(train: bool, momentum: float, dtype, name: str) -> BatchNorm:
+    """The conv nets' BatchNorm as PyTorch's defaults (eps 1e-5; ``momentum`` in Flax's
+    convention), using batch statistics in training."""
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                     dtype=dtype, name=name)
+
+
+def example_mask(mask, x):
+    """Broadcasts a per-example mask (B,) over an activation (B, ...); None stays None."""
+    if mask is None:
+        return None
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(bool)

@@ -1,5 +1,5 @@
-"""Dropout for conv nets: DropBlock (Ghiasi, Lin & Le, 2018), as a batched jit-able function and
-a Flax module.
+"""Dropout for conv nets: DropBlock (Ghiasi, Lin & Le, 2018) and drop-path (stochastic depth,
+Huang et al., 2016), as batched jit-able functions and Flax modules.
 
 Plain dropout barely regularizes a conv net: a dropped activation's neighbours carry the same
 information. DropBlock drops contiguous ``block_size`` x ``block_size`` squares instead. Block
@@ -66,3 +66,27 @@ class Dropout(nn.Module):
         if not train or self.rate == 0.0 or not self.has_rng("dropout"):
             return x
         return nn.Dropout(self.rate, deterministic=False)(x)
+
+
+def drop_path(key, x, rate: float):
+    """Stochastic depth on a residual branch ``x`` (N, ...): each example's branch is zeroed
+    with probability ``rate`` and the kept ones scaled by 1 / (1 - rate)."""
+    if rate <= 0.0:
+        return x
+    if not rate < 1.0:
+        raise ValueError(f"drop-path rate={rate!r} must be in [0, 1)")
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth as a layer: ``DropPath(rate)(branch, train)``; drops only in training
+    with a ``'dropout'`` stream given, like ``Dropout``."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if not train or self.rate == 0.0 or not self.has_rng("dropout"):
+            return x
+        return drop_path(self.make_rng("dropout"), x, self.rate)

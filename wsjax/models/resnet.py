@@ -19,21 +19,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wsjax.models.batchnorm import BatchNorm
+from wsjax.models.batchnorm import example_mask, norm_layer
 from wsjax.models.dropout import DropBlock, Dropout
 from wsjax.models.init import torch_conv, torch_dense
-
-
-def _batch_norm(train: bool, momentum: float, dtype, name: str) -> BatchNorm:
-    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                     dtype=dtype, name=name)
-
-
-def _bn_mask(mask, x):
-    """Broadcasts a per-example mask (B,) over an activation (B, ...)."""
-    if mask is None:
-        return None
-    return mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(bool)
+from wsjax.models.substitutes import ConvSpec, make_conv
 
 
 class BasicBlock(nn.Module):
@@ -44,18 +33,19 @@ class BasicBlock(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = None
     init_scheme: str = "torch"
+    conv: ConvSpec | str = "full"
 
     @nn.compact
     def __call__(self, x, train: bool, mask=None):
-        norm = partial(_batch_norm, train, self.bn_momentum, self.dtype)
-        m = _bn_mask(mask, x)
-        y = torch_conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1",
-                       init=self.init_scheme)(x)
+        norm = partial(norm_layer, train, self.bn_momentum, self.dtype)
+        m = example_mask(mask, x)
+        y = make_conv(self.conv, self.features, 3, self.stride, fan_in=x.shape[-1],
+                      dtype=self.dtype, name="conv1", init=self.init_scheme)(x)
         y = nn.relu(norm(name="bn1")(y, mask=m))
         # Post-ReLU units, named for the conv that feeds them (see ResNet18's docstring).
         self.sow("intermediates", "conv1_act", y)
-        y = torch_conv(self.features, 3, 1, dtype=self.dtype, name="conv2",
-                       init=self.init_scheme)(y)
+        y = make_conv(self.conv, self.features, 3, 1, fan_in=self.features,
+                      dtype=self.dtype, name="conv2", init=self.init_scheme)(y)
         y = norm(name="bn2")(y, mask=m)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = torch_conv(self.features, 1, self.stride, padding=0, dtype=self.dtype,
@@ -77,7 +67,9 @@ class ResNet18(nn.Module):
     ``init_scheme`` names the scheme of every conv and the head (``wsjax.models.init``;
     default PyTorch's); ``dropblock`` > 0 applies DropBlock (``wsjax.models.dropout``, blocks
     of ``dropblock_size``) to the output of the last two stages in training, ``dropout`` > 0
-    plain (unit-wise) dropout at the same places, for comparison.
+    plain (unit-wise) dropout at the same places, for comparison. ``conv`` replaces the
+    blocks' 3x3 convolutions by a cheap substitute (``wsjax.models.substitutes``; the stem and
+    the 1x1 shortcuts stay full).
 
     Post-ReLU activations are sown into ``'intermediates'`` (a no-op unless mutable), each as
     ``<conv>_act`` for the conv whose output channels they are: ``stem_conv_act``,
@@ -94,21 +86,22 @@ class ResNet18(nn.Module):
     dropblock: float = 0.0
     dropblock_size: int = 3
     dropout: float = 0.0
+    conv: ConvSpec | str = "full"
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
         x = x.astype(self.dtype) if self.dtype is not None else x
-        m = _bn_mask(mask, x)
+        m = example_mask(mask, x)
         x = torch_conv(self.widths[0], 3, 1, dtype=self.dtype, name="stem_conv",
                        init=self.init_scheme)(x)
-        x = _batch_norm(train, self.bn_momentum, self.dtype, name="stem_bn")(x, mask=m)
+        x = norm_layer(train, self.bn_momentum, self.dtype, name="stem_bn")(x, mask=m)
         x = nn.relu(x)
         self.sow("intermediates", "stem_conv_act", x)
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, stride, self.bn_momentum, self.dtype, self.init_scheme,
-                               name=f"stage{stage + 1}_block{block}")(x, train, mask)
+                               self.conv, name=f"stage{stage + 1}_block{block}")(x, train, mask)
             # The last two stages, as the DropBlock paper; no layer at all at rate 0.
             if stage >= len(self.widths) - 2 and self.dropblock:
                 x = DropBlock(self.dropblock, self.dropblock_size,

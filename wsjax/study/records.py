@@ -176,6 +176,34 @@ class Provenance:
     data: dict[str, Any] | None = None
 
 
+@dataclasses.dataclass
+class BudgetStudent:
+    """One cheap-convolution student of ``wsjax budget``: its conv ``spec`` (knob set),
+    whether the spec was ``solved`` for the ``budget`` (a count) or given, its ``params`` and
+    ``mult_adds`` per example, and per arm (``alone``, ``distilled``, ``warm_sp``) the seeds'
+    rows and per-epoch running train accuracy (``curves[arm][epoch][seed]``)."""
+
+    spec: str
+    solved: bool
+    budget: int
+    params: int
+    mult_adds: int
+    arms: dict[str, list[SeedRow]]
+    curves: dict[str, list[list[float | None]]]
+
+
+@dataclasses.dataclass
+class BudgetResult:
+    """``wsjax budget``: the teacher (full convolutions) and one student per family."""
+
+    teacher: str
+    teacher_params: int
+    teacher_mult_adds: int
+    teacher_seeds: list[SeedRow]
+    teacher_curve: list[list[float | None]]
+    students: dict[str, BudgetStudent]
+
+
 # What ``Run.results`` holds, by ``Run.kind``.
 KINDS = {
     "two_phase": dict[str, StageResult],
@@ -184,6 +212,7 @@ KINDS = {
     "shrink_only": dict[str, ShrinkCurve],
     "transfer": TransferResult,
     "speedrun": dict[str, TimedSummary],
+    "budget": BudgetResult,
 }
 
 
