@@ -103,7 +103,8 @@ def run(cfg: BudgetConfig):
     s = cfg.study
     # A fixed number of epochs: the 99% rule never fires (threshold above 1).
     cfg = replace_study(cfg, stop={"threshold": 2.0, "max_epochs": cfg.epochs})
-    base = setup(cfg, "budget", models=(s.model.model,))
+    # Families may be added or left out when a run resumes: each student's stages stand alone.
+    base = setup(cfg, "budget", models=(s.model.model,), may_change=("families",))
     data, shape = base.data, base.data.image_shape
     steps = math.ceil(data.fit_idx.shape[-1] / s.train.batch_size)
     tx = make_optimizer(s.optim.optimizer, lr_schedule(

@@ -17,6 +17,7 @@ from pathlib import Path
 from wsjax.experiments.common import main_guard
 from wsjax.experiments.flags import HelpFormatter
 from wsjax.study import plots, records
+from wsjax.study.budget_plots import plot_budget
 from wsjax.study.plasticity_plots import plot_interventions
 
 # One run of a script -> its figure; sweeps (records.Cells) -> theirs.
@@ -24,7 +25,8 @@ SINGLE = {"warm_start": plots.plot_two_phase, "perturb_only": plots.plot_two_pha
           "curves": plots.plot_curves, "sp_grid": plots.plot_grid,
           "checkpoint_age": plots.plot_checkpoint_age, "grad_norms": plots.plot_grad_norms,
           "shrink_only": plots.plot_shrink_only, "online": plots.plot_online,
-          "transfer": plots.plot_transfer, "interventions": plot_interventions}
+          "transfer": plots.plot_transfer, "interventions": plot_interventions,
+          "budget": plot_budget}
 DEFAULT_FOLDERS = ("runs", "experiments/results")
 CELLS = {"regularization": plots.plot_regularization, "sweep": plots.plot_sweep,
          "bn_stats": plots.plot_bn_stats, "sp_every_step": plots.plot_cells}
