@@ -9,7 +9,7 @@ import pytest
 
 from wsjax.distill import Distillation, attention_loss, attention_map, kd_loss
 from wsjax.engine import Engine
-from wsjax.models import create_model
+from wsjax.models import create_model, init_variables
 from wsjax.models.dropout import drop_path
 from wsjax.optim import lr_schedule, make_optimizer
 from wsjax.train import StopRule, replica_keys
@@ -49,17 +49,17 @@ def _tiny_data(n=64, size=8):
 
 def test_a_student_trains_against_its_teacher_in_the_step():
     x, y, idx = _tiny_data()
-    teacher = create_model("wrn16_1", 10, depth=10)
+    teacher = create_model("wrn10_1", 10)
     engine = Engine(teacher, make_optimizer("nesterov", 0.05), batch_size=32,
                     input_shape=(8, 8, 3))
     keys = replica_keys([0, 1])
     teacher_vars = engine.init(keys)
-    student = engine.replace(model=create_model("wrn16_1", 10, depth=10, conv="hashed:0.3"),
+    student = engine.replace(model=create_model("wrn10_1", 10, conv="hashed:0.3"),
                              distill=Distillation(teacher, alpha=0.5))
     with pytest.raises(ValueError, match="teacher"):
         student.new_state(student.init(keys))
     states = student.new_state(student.init(keys), extra=teacher_vars)
-    states, progress = student.fit(states, keys, x, y, idx, StopRule(2.0, 2))
+    states, progress = student.fit(states, keys, x, y, idx, StopRule(2.0, 1))
     assert np.all(np.isfinite(progress.history[-1]["train_loss"]))
     # The teacher rides along, untouched; each replica keeps its own.
     jax.tree.map(np.testing.assert_array_equal, states.extra, teacher_vars)
@@ -85,10 +85,10 @@ def test_drop_path_keeps_the_mean_and_drops_whole_examples():
 
 
 def test_warm_start_from_a_teacher_where_shapes_allow():
-    teacher = create_model("wrn16_1", 10)
-    student = create_model("wrn16_1", 10, conv="separable:1")
-    tp = teacher.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    sp = student.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3)))["params"]
+    teacher = create_model("wrn10_1", 10)
+    student = create_model("wrn10_1", 10, conv="separable:1")
+    tp = init_variables(teacher, jax.random.PRNGKey(0), (8, 8, 3))["params"]
+    sp = init_variables(student, jax.random.PRNGKey(1), (8, 8, 3))["params"]
     tree, mask = transplant(tp, sp)
     assert mask["head"]["kernel"] and mask["stem_conv"]["kernel"]
     assert not mask["group1_block0"]["conv1"]["depthwise"]["kernel"]

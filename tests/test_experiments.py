@@ -156,12 +156,14 @@ def test_bn_stats_modes_and_mismatch_probe(results):
 def test_budget_study_trains_every_arm(tmp_path):
     out = budget.main(["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "1",
                        "--epochs", "1", "--batch-size", "32", "--families", "hashed:0.5",
+                       "--model", "wrn10_1",
                        "--out", str(tmp_path / "budget"), "--progress", "off"])
     res = out.results
     student = res.students["hashed:0.5"]
     assert set(student.arms) == {"alone", "distilled", "warm_sp"} and not student.solved
-    assert res.teacher_params == 174_676  # WRN-16-1 with a 4-class head
-    host = ModelConfig(model="wrn16_1", init="he_normal", conv="hashed:0.5")
+    host = ModelConfig(model="wrn10_1", init="he_normal", conv="hashed:0.5")
+    assert res.teacher_params == parameter_count(build_model(
+        ModelConfig(model="wrn10_1", init="he_normal"), 4), (8, 8, 3))
     assert student.params == parameter_count(build_model(host, 4), (8, 8, 3))
     for rows in [res.teacher_seeds, *student.arms.values()]:
         assert len(rows) == 1 and all(r.epochs == 1 and 0 <= r.test_acc <= 1 for r in rows)

@@ -34,7 +34,7 @@ MODELS = {
     **{f"vgg{depth}": partial(VGG, features=VGG_CONFIGS[depth]) for depth in (11, 13, 16, 19)},
     # Wide ResNets WRN-d-k: the Moonshine / attention-transfer teachers and students.
     **{f"wrn{d}_{k}": partial(WideResNet, depth=d, widen=k)
-       for d, k in ((16, 1), (16, 2), (16, 4), (16, 8), (22, 8), (28, 10), (40, 2), (40, 4))},
+       for d, k in ((10, 1), (16, 1), (16, 2), (16, 4), (16, 8), (22, 8), (28, 10), (40, 2), (40, 4))},
 }
 
 
