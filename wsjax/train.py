@@ -157,6 +157,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         # Folded in, not split off: the other keys stay what they were before dropout existed.
         rngs = {"dropout": jax.random.fold_in(key, 3)}
 
+        # The teacher does not depend on the student's parameters: run outside the gradient.
+        teacher_out = distill.teacher(state.extra, images) if distill is not None else None
+
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
 
@@ -171,8 +174,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
             loss, (logits, aux) = objective.loss(apply, images, batch["label"], mask)
             if distill is not None:
-                t_logits, t_maps = distill.teacher(state.extra, images)
-                loss = distill.loss(loss, logits, sown_maps(aux[2]), t_logits, t_maps, mask)
+                loss = distill.loss(loss, logits, sown_maps(aux[2]), *teacher_out, mask)
             return loss + objective.penalty(params), (logits, aux)
 
         grads, (logits, (new_stats, sown, _)) = jax.grad(loss_fn, has_aux=True)(state.params)

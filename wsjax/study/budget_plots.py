@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsjax.study.plots import _pyplot, _save
 from wsjax.study.records import Run
 from wsjax.study.stats import column, mean_se
 
@@ -20,11 +21,7 @@ def _mean_curve(curve) -> np.ndarray:
 
 def plot_budget(record: Run, out_dir) -> Path:
     """Writes ``budget.png`` in ``out_dir`` from a ``wsjax budget`` record."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     res = record.results
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -51,8 +48,4 @@ def plot_budget(record: Run, out_dir) -> Path:
     ax2.set_ylabel("running train accuracy (%)")
     ax2.legend(fontsize=6)
     ax2.set_title("warm start from the shrink-perturbed teacher vs scratch", fontsize=9)
-    fig.tight_layout()
-    path = Path(out_dir) / "budget.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out_dir) / "budget.png")
