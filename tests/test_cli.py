@@ -38,6 +38,8 @@ def test_configs_parse_into_typed_nested_dataclasses():
     # --quick replaces only the flags left at their defaults.
     quick = {"lr": 0.5, "sizes": (9,)}
     assert parse(Outer, ["--quick", "--lr", "0.2"], quick=quick).inner == Inner(0.2, (9,))
+    # A flag given at its default value is given: --quick leaves it.
+    assert parse(Outer, ["--quick", "--sizes", "1", "2"], quick=quick).inner == Inner(0.5, (1, 2))
     assert parse(Outer, [], defaults={"lr": 0.3}).inner.lr == 0.3
 
 

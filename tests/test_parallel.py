@@ -15,7 +15,7 @@ assert jax.device_count() == 4, jax.devices()
 ds = synthetic_dataset(160, 64, 4, (8, 8, 3))
 model = create_model({model!r}, 4, **{overrides!r})
 tx = make_optimizer("momentum", 0.02)
-keys = replica_keys([0, 1, 2, 3])
+keys = replica_keys({seeds!r})
 stop = StopRule(threshold=1.01, max_epochs=2)
 
 def run(parallel):
@@ -26,11 +26,11 @@ def run(parallel):
     # Committed to one device, as restored weights are: fit puts them on the mesh.
     states = jax.device_put(states, jax.devices()[0]) if parallel else states
     states, prog = engine.fit(states, keys, x, y, np.arange(150), stop)
-    ev = engine.evaluate(states, x, y, engine.put(jnp.arange(100, 160)))
+    ev = engine.evaluate(states, x, y, np.arange(100, 160))
     return states, prog, ev
 
 ref, prog, ev = run(None)
-par, prog4, ev4 = run(DataParallel(make_mesh(), {mode!r}))
+par, prog4, ev4 = run(DataParallel(make_mesh(), {mode!r}, shard_data={shard}))
 leaf = jax.tree.leaves(par.params)[0]
 assert len(leaf.sharding.device_set) == 4, leaf.sharding
 diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(par)))
@@ -42,13 +42,17 @@ print("OK")
 '''
 
 
-def _check(model, overrides, mode):
-    out = run_python(CHECK.format(model=model, overrides=overrides, mode=mode), devices=4)
+def _check(model, overrides, mode, shard=False, seeds=(0, 1, 2, 3)):
+    out = run_python(CHECK.format(model=model, overrides=overrides, mode=mode, shard=shard,
+                                  seeds=list(seeds)), devices=4)
     assert "OK" in out
 
 
 def test_batch_split_over_4_devices_equals_1_device_with_batchnorm():
-    _check("resnet18_narrow", {"widths": (4, 4, 4, 4)}, "batch")
+    # The dataset split over the devices too (as over several processes): each device holds
+    # a quarter and the step gathers batches across them.
+    # Two seeds: each is a copy of the unrolled ResNet step to compile (wsjax.replicas).
+    _check("resnet18_narrow", {"widths": (4, 4, 4, 4)}, "batch", shard=True, seeds=(0, 1))
 
 
 def test_replicas_split_over_4_devices_equals_1_device():

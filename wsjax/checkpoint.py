@@ -18,6 +18,12 @@ verified: a step whose arrays do not match their checksums, or that cannot be re
 Arrays are restored onto the devices the restoring program asks for (``sharding``), not the
 ones that saved them, so a checkpoint written on 8 GPUs loads on 1 CPU. Relative directories
 are resolved against the working directory (Orbax needs absolute paths).
+
+Several processes (``wsjax.hosts``) share one checkpoint folder (a shared file system on
+several hosts): every process calls ``save`` and ``restore`` alike, each writes and reads only
+the shards on its own devices, and process 0 commits the step once all have written, so a
+step saved by 2 processes restores in 1 and the reverse. The checksums are of whole arrays
+(gathered to every process), so they match on any layout.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from wsjax.hosts import host_value
 from wsjax.trees import path_str
 
 _ARRAY_ITEMS = ("params", "batch_stats", "train", "extra")
@@ -54,6 +61,7 @@ def _abstract(tree, sharding=None):
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def one(x):
+        # Host values are read whole by every process, onto its own first device.
         s = sharding or getattr(x, "sharding", None) or default
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
 
@@ -66,19 +74,27 @@ class CheckpointError(ValueError):
 
 def checksum(tree) -> str:
     """CRC-32 (hex) of every leaf of ``tree``: its path, dtype, shape and bytes, in tree order.
-    Equal for a tree and its restored copy, on any device layout."""
+    Equal for a tree and its restored copy, on any device layout (arrays split over several
+    processes are gathered: every process calls this alike)."""
     crc = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(host_value(tree))[0]:
         a = np.ascontiguousarray(np.asarray(leaf))
         crc = zlib.crc32(f"{path_str(path)}:{a.dtype}:{a.shape};".encode(), crc)
         crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
     return f"{crc:08x}"
 
 
-def _host_copy(tree):
-    """A host copy of ``tree`` that nothing else owns, so training may donate (reuse) the
-    device buffers while Orbax writes the copy in the background."""
-    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+def _own_copy(tree):
+    """A copy of ``tree`` that nothing else owns, so training may donate (reuse) the device
+    buffers while Orbax writes the copy in the background: on the host (Orbax writes those
+    from process 0), except arrays split over several processes' devices, copied on those
+    devices (each process writes its own shards)."""
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return x.copy()
+        return np.array(x, copy=True)
+
+    return jax.tree.map(one, tree)
 
 
 @contextlib.contextmanager
@@ -214,7 +230,7 @@ class Checkpointer:
             arrays["batch_stats"] = state.batch_stats
         if jax.tree.leaves(getattr(state, "extra", None)):  # a step hook's state
             arrays["extra"] = state.extra
-        arrays = _host_copy(arrays)
+        arrays = _own_copy(arrays)
         meta = {**(meta or {}), "checksums": {k: checksum(v) for k, v in arrays.items()}}
         items = {k: ocp.args.StandardSave(v) for k, v in arrays.items()}
         self._manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items))

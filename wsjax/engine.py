@@ -112,9 +112,14 @@ class Engine:
             distill=distill)
         self.step_hook, self.distill = step_hook, distill
         # Built once: new_state runs at every stage, and a fresh jit would recompile each time.
-        self._hook_init = jax.jit(jax.vmap(step_hook.init)) if step_hook is not None else None
-        self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)))
-        self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, train_tx)))
+        # Made where the layout wants them: on a mesh over several processes an array left on
+        # one process's device could not join the others.
+        placed = {} if parallel is None else {"out_shardings": parallel.state_sharding}
+        self._hook_init = (jax.jit(jax.vmap(step_hook.init), **placed)
+                           if step_hook is not None else None)
+        self._init = jax.jit(jax.vmap(lambda k: init_variables(model, k, self.input_shape)),
+                             **placed)
+        self._create = jax.jit(jax.vmap(lambda v: TrainState.create(v, train_tx)), **placed)
         self._passes: dict[str, Callable] = {}  # compiled on first use
 
     def replace(self, **changes) -> Engine:
@@ -158,7 +163,8 @@ class Engine:
         return self.parallel.place_state(tree) if self.parallel is not None else tree
 
     def put(self, tree):
-        """Puts dataset arrays on the devices (every device holds all of them)."""
+        """Puts dataset arrays on the devices (each device holds all of them, or its share
+        when the mesh spans processes: ``wsjax.parallel.DataParallel.place_data``)."""
         return self.parallel.place_data(tree) if self.parallel is not None else \
             jax.device_put(tree)
 
@@ -242,7 +248,9 @@ class Engine:
         replica axis: ``per_replica``, by default when 2-d) placed like the replicas."""
         idx = jnp.asarray(idx)
         per_replica = idx.ndim == 2 if per_replica is None else per_replica
-        return self.place(idx) if per_replica else self.put(idx)
+        if per_replica:
+            return self.place(idx)
+        return self.parallel.place_replicated(idx) if self.parallel is not None else idx
 
     def _pass(self, name: str, fn: Callable, reduce: str, per_replica_ids: bool = False
               ) -> Callable:

@@ -32,6 +32,7 @@ import optax
 from wsjax.augment import make_preprocess
 from wsjax.distill import Distillation, sown_maps
 from wsjax.freeze import keep_frozen
+from wsjax.hosts import host_value
 from wsjax.models import init_variables, sown_activations
 from wsjax.objectives import Objective
 
@@ -259,7 +260,7 @@ def summarize(sums) -> dict[str, np.ndarray]:
     """Per-replica sums -> per-replica ``{'acc', 'loss'}`` numpy arrays (one host transfer);
     NaN for a replica that counted no example. An epoch's sums also give ``diverged``: the
     1-based step of the epoch at which a replica diverged, 0 when it did not."""
-    sums = jax.device_get(sums)
+    sums = host_value(sums)  # per-replica sums may lie on other processes' devices
     count = np.asarray(sums["count"], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {"acc": np.where(count > 0, np.asarray(sums["correct"]) / count, np.nan),

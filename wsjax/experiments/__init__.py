@@ -1,5 +1,5 @@
 """The study's experiments as commands: one module per figure or table of Ash & Adams, plus
-the claims table, figure redrawing, the fast trainer's experiment and a benchmark.
+the claims table, figure redrawing, the fast trainer's experiment and benchmarks.
 
 Each module has ``main(argv)`` (its flags, parsed into a typed config; ``--help`` lists them
 with their defaults) and ``run(cfg)``. Run one as ``wsjax <command>``, ``python -m wsjax
@@ -29,5 +29,6 @@ COMMANDS = {
     "redraw": "every figure again from saved results, no training",
     "fast_trainer": "the fast CIFAR-10 trainer: timed runs, airbench, ablations, warm start",
     "bench_epoch": "epoch time of the engine vs a plain per-step loop",
+    "bench_hosts": "the main job on several processes vs one, on this machine",
     "gpu_suite": "one command for a GPU draw: engine, PyTorch loop, airbench, Table 1 ResNet",
 }

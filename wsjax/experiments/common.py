@@ -16,12 +16,14 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
 
 from wsjax import data as wdata
+from wsjax import hosts
 from wsjax.augment import AUGMENTATIONS
 from wsjax.engine import Engine
 from wsjax.experiments.flags import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, RATE,
@@ -41,8 +43,10 @@ from wsjax.warmstart import shrink_perturb_every_step
 QUICK = {"train_subset": 3000, "max_epochs": 20, "seeds": 2}
 
 # Settings of how a run is carried out, not of what it computes: a resumed run may change them.
-# (Where the data lies may change too: what it is, its fingerprint, may not.)
-RUN_ONLY = ("out", "checkpoint_every", "progress", "tensorboard", "data_dir")
+# (Where the data lies may change too: what it is, its fingerprint, may not; nor may the
+# process count, which leaves the numbers as they are: a run resumes on another one.)
+RUN_ONLY = ("out", "checkpoint_every", "progress", "tensorboard", "data_dir", "coordinator",
+            "num_processes", "process_id", "heartbeat_timeout", "data_layout")
 
 
 def comma_ints(text: str) -> tuple[int, ...]:
@@ -120,6 +124,11 @@ class TrainConfig(Checked):
     parallel: str = option("auto", "data parallelism over all devices (auto: batch for conv "
                            "nets, replica for small models when the seeds divide evenly; "
                            "none on one device)", choices=("auto", "none", "batch", "replica"))
+    data_layout: str = option("auto", "where the dataset lies on a mesh: sharded (each device "
+                              "holds a share; batches are gathered across devices) or "
+                              "replicated (whole on each device: faster when it fits); auto: "
+                              "sharded over several processes, else replicated",
+                              choices=("auto", "sharded", "replicated"))
     augment: tuple[str, ...] = option((), "on-device augmentations in training, in order "
                                       "(the study uses none)", nargs="*",
                                       choices=sorted(AUGMENTATIONS))
@@ -158,6 +167,23 @@ class RunConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class HostConfig(Checked):
+    """Several processes (hosts), one run: every process gets the same command with its own
+    --process-id (wsjax.hosts; TPU slices, SLURM and Open MPI need none of these)."""
+
+    coordinator: str | None = option(None, "host:port of process 0, reachable from every "
+                                     "process ($JAX_COORDINATOR_ADDRESS when not given); "
+                                     "auto: JAX finds the hosts itself (a Cloud TPU slice)")
+    num_processes: int | None = option(None, "how many processes run this command "
+                                       "($JAX_NUM_PROCESSES)", check=COUNT)
+    process_id: int | None = option(None, "this process's index, from 0 ($JAX_PROCESS_ID)",
+                                    check=INDEX)
+    heartbeat_timeout: int = option(hosts.HEARTBEAT_TIMEOUT, "seconds after which a silent "
+                                    "process counts as dead and the others stop",
+                                    check=COUNT)
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig(Checked):
     """Everything a study experiment is run with, besides its protocol's own settings."""
 
@@ -167,6 +193,7 @@ class StudyConfig(Checked):
     train: TrainConfig = TrainConfig()
     stop: StopConfig = StopConfig()
     run: RunConfig = RunConfig()
+    hosts: HostConfig = HostConfig()
 
 
 def replace_study(cfg, **groups):
@@ -308,7 +335,8 @@ def open_run(path, cfg, script: str, *, may_change=(), seeds=(), data: dict | No
     run.write_config(config, (*may_change, *RUN_ONLY),
                      {**record_config(type(cfg)(), script), "data": data},
                      migrate=records.migrate_config)
-    if cfg.study.run.tensorboard:  # after the checks: a refused run leaves no event file
+    # After the checks (a refused run leaves no event file); process 0 writes the metrics.
+    if cfg.study.run.tensorboard and hosts.is_main():
         run.metrics.sinks.append(TensorBoardSink(run.path / "tensorboard", seeds))
     return run
 
@@ -350,11 +378,16 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     the models a script trains instead of ``--model`` (named in the header it prints)."""
     start = time.perf_counter()
     s: StudyConfig = cfg.study
+    # First: the runtime of a run over several processes must start before any device is used.
+    layout = hosts.initialize(s.hosts.coordinator, s.hosts.num_processes, s.hosts.process_id,
+                              heartbeat_timeout=s.hosts.heartbeat_timeout)
     ds = load_data(s.data)
     seeds = seeds_of(s.train)
     model = build_model(s.model, ds.num_classes)
     parallel = choose_parallel(s.train.parallel, len(seeds),
                                conv=has_conv(model, ds.image_shape))
+    if parallel is not None and s.train.data_layout != "auto":
+        parallel = dataclasses.replace(parallel, shard_data=s.train.data_layout == "sharded")
     after_update = (shrink_perturb_every_step(model, ds.image_shape, *sp_every_step)
                     if sp_every_step else None)
     engine = Engine(model, make_optimizer(s.optim.optimizer, s.optim.lr,
@@ -367,14 +400,22 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     # Only now, with every value checked: a run refused above leaves no config behind.
     data_id = wdata.fingerprint(ds)
     run = open_run(s.run.out, cfg, script, may_change=may_change, seeds=seeds, data=data_id)
+    if layout.process_count > 1:
+        # Each process logs to its own file; only process 0's output also reaches the console.
+        run.process_log = hosts.ProcessLog(run.path / "logs" / f"process_{layout.process_index}"
+                                           ".log", console=layout.process_index == 0)
+        print(layout.describe())
     stages = Stages(engine, run, data, seeds=seeds, stop=stop_rule(s.stop),
                     checkpoint_every=s.run.checkpoint_every, progress=Progress(s.run.progress))
     names = ", ".join(models or [s.model.model])
     print(f"{ds.name}: {data.fit_idx.shape[-1]} fitted / {data.val_idx.shape[-1]} validation / "
           f"{len(ds.x_test)} test; model {names}; {s.optim.optimizer} lr {s.optim.lr} "
           f"batch {s.train.batch_size}; seeds {[int(x) for x in seeds]}; devices "
-          f"{jax.device_count()} ({jax.devices()[0].platform}), parallel "
+          f"{jax.device_count()} ({jax.devices()[0].platform}"
+          + (f", {layout.process_count} processes" if layout.process_count > 1 else "")
+          + f"), parallel "
           f"{parallel.mode if parallel else 'none'}"
+          + (", data sharded" if parallel is not None and parallel.shard_data else "")
           + (f"; label noise {s.data.label_noise}" if s.data.label_noise else "")
           + ("; one split for every seed" if s.data.fixed_split else "; a split per seed"))
     return Setup(cfg, script, data, engine, stages, run, describe(s, ds.name, len(seeds)), start,
@@ -382,8 +423,9 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
 
 
 def draw(plot: Callable | None, record, folder) -> None:
-    """Draws ``plot(record, folder)`` when matplotlib is installed."""
-    if plot is None:
+    """Draws ``plot(record, folder)`` when matplotlib is installed (in process 0 of a run over
+    several processes)."""
+    if plot is None or not hosts.is_main():
         return
     try:
         print(f"figure {plot(record, folder)}")
@@ -401,11 +443,11 @@ def write_run(run: RunDir, *, script: str, kind: str, config: dict, results, tit
         wall_seconds=time.perf_counter() - start, device=records.device_name(),
         provenance=records.provenance(data_dir, data), extra=extra)
     path = records.save(record, run.results_path)
-    run.close()
     for line in records.divergences(record):
         print(f"diverged: {line}")
     print(f"wall time {record.wall_seconds:.1f} s; results in {path}")
     draw(plot, record, run.path)
+    run.close()  # last: a process log gets every line
     return record
 
 
@@ -444,25 +486,43 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt  # the same clean stop as Ctrl-C
 
 
+def _leave(message: str, status: int) -> None:
+    """Prints ``message`` and ends the process at once: metric sinks flushed and locks released,
+    checkpoints already closed (their writes finish before Ctrl-C is let through), but no
+    interpreter teardown, which could crash XLA threads mid-compilation and, in a run over
+    several processes, would wait in the runtime's shutdown for processes that wait for this
+    one. The coordinator notices the process gone and stops the others (``wsjax.hosts``)."""
+    print(message, file=sys.stderr)
+    close_all()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main_guard(main: Callable, argv=None) -> None:
     """Runs a script's ``main(argv)`` as a command: bad input ends with a one-line error,
     Ctrl-C or SIGTERM (``kill``, a scheduler's stop; a background job ignores Ctrl-C) with one
     line saying how to resume, and a run whose seeds diverged with a summary of which and when
-    and exit status ``DIVERGED_EXIT``."""
+    and exit status ``DIVERGED_EXIT``. In a run over several processes, a process that fails
+    ends at once (``_leave``), so that the others stop too instead of waiting for it."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     try:
         record = main(argv)
     except KeyboardInterrupt:
-        print("\ninterrupted; resume with the same command", file=sys.stderr)
-        close_all()  # metric sinks flushed, locks released
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Checkpoints are already closed (their writes finish before Ctrl-C is let through);
-        # skipping interpreter teardown avoids XLA threads crashing it mid-compilation.
-        os._exit(INTERRUPTED_EXIT)
+        _leave("\ninterrupted; resume with the same command", INTERRUPTED_EXIT)
     except (FileNotFoundError, ValueError) as e:
+        if hosts.is_distributed():
+            _leave(f"error: {e}", 1)
         sys.exit(f"error: {e}")
+    except Exception:
+        if not hosts.is_distributed():
+            raise
+        traceback.print_exc()
+        _leave("error: the run stopped in this process (above: a failure here, or a lost "
+               "connection to a process that died first, whose own log says why); the others "
+               "stop when they miss its heartbeats. Start every process again with the same "
+               "command to resume", 1)
     lines = records.divergences(record) if isinstance(record, records.RECORD_TYPES) else []
     if lines:
         print(f"error: {len(lines)} seed run(s) diverged (stop_reason 'diverged' in "

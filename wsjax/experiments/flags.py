@@ -197,10 +197,14 @@ def parse(cls, argv=None, *, description: str = "", defaults: Mapping | None = N
     for action in parser._actions:
         if action.dest == "quick" and quick:
             action.help = f"{action.help}: {dict(quick)} unless set explicitly"
-    ns = parser.parse_args(argv)
-    values = vars(ns)
+    values = vars(parser.parse_args(argv))
     if values.get("quick") and quick:
+        # Parsed again with every default unset, to tell the flags given from the defaults
+        # (``--seeds 4`` with --quick means 4 seeds, though 4 is the default).
+        unset = object()
+        parser.set_defaults(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+        given = {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
         for name, value in quick.items():
-            if values[name] == parser.get_default(name):
+            if name not in given:
                 values[name] = value
     return unflatten(cls, values)

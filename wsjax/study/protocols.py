@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsjax import data as wdata
+from wsjax.hosts import host_value
 from wsjax.objectives import entropy
 from wsjax.study.records import OnlineRound, StageResult, from_plain, to_json
 from wsjax.study.runlog import write_json
@@ -146,7 +147,7 @@ def two_phase_results(outcome: TwoPhase) -> dict[str, StageResult]:
 
 def acquisition_scores(probs, select: str) -> np.ndarray:
     """Higher = more wanted. ``probs`` is (R, N, C); the seeds' softmax is averaged."""
-    p = np.asarray(probs).mean(axis=0)
+    p = host_value(probs).mean(axis=0)
     if select == "margin":
         top2 = np.sort(p, axis=-1)[:, -2:]
         return -(top2[:, 1] - top2[:, 0])

@@ -461,8 +461,11 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
 
 
 def device_name() -> str:
-    """``'<count> x <device kind>'`` of the devices JAX uses."""
-    return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    """``'<count> x <device kind>'`` of the devices JAX uses, and ``' (<n> processes)'``
+    when they span several."""
+    processes = jax.process_count()
+    return (f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+            + (f" ({processes} processes)" if processes > 1 else ""))
 
 
 def provenance(data_dir: str | os.PathLike | None, data: dict | None = None) -> Provenance:

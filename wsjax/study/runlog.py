@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsjax.hosts import is_main, process_index
+
 
 def jsonable(x):
     """``x`` with numpy values, tuples and paths turned into plain JSON types; a float that is
@@ -45,8 +47,11 @@ def jsonable(x):
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Writes ``obj`` as indented JSON atomically (a crash never leaves half a file)."""
+    """Writes ``obj`` as indented JSON atomically (a crash never leaves half a file). In a run
+    over several processes only process 0 writes (the others hold the same values)."""
     path = Path(path)
+    if not is_main():
+        return path
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
@@ -94,7 +99,10 @@ class MetricWriter:
         self.sinks = list(sinks)
 
     def write(self, **record) -> None:
-        """Appends one record (with a timestamp) to the file and to every sink."""
+        """Appends one record (with a timestamp) to the file and to every sink (by process 0
+        alone in a run over several processes)."""
+        if not is_main():
+            return
         record = jsonable({"time": time.time(), **record})
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
@@ -104,8 +112,8 @@ class MetricWriter:
     def rewind(self, stage: str, epoch: int) -> int:
         """Drops the records of ``stage`` after ``epoch`` (a stage resumed from its checkpoint
         at ``epoch`` logs the later epochs again) and any line a crash cut short; returns how
-        many lines were dropped. The file is rewritten atomically."""
-        if not self.path.exists():
+        many lines were dropped. The file is rewritten atomically (by process 0)."""
+        if not self.path.exists() or not is_main():
             return 0
         kept, dropped = [], 0
         for line in self.path.read_text().splitlines():
@@ -140,8 +148,14 @@ class Progress:
         if mode not in self.MODES:
             raise ValueError(f"progress={mode!r} must be one of {self.MODES}")
         self.mode = mode
-        self.stream = stream or sys.stdout
+        self._stream = stream
         self._width = 0  # of the bar's last text, which a shorter one must cover
+
+    @property
+    def stream(self):
+        """Where it prints: the given stream, else ``sys.stdout`` at the time of printing (a
+        process log installed later, ``wsjax.hosts.ProcessLog``, gets the lines)."""
+        return self._stream or sys.stdout
 
     def epoch(self, stage: str, epoch: int, train_acc: Sequence[float], active: Sequence[bool],
               seconds: float) -> None:
@@ -189,7 +203,9 @@ def _lock(path: Path):
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    handle = open(path / ".lock", "a+")
+    # One lock per process of a run over several (they share the folder).
+    index = process_index()
+    handle = open(path / (".lock" if index == 0 else f".lock.{index}"), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -225,6 +241,7 @@ class RunDir:
             raise RunDirError(f"--out {path} cannot be a run directory ({e.strerror or e}): "
                               f"choose a folder you can write to") from None
         self.metrics = MetricWriter(self.path / "metrics.jsonl", sinks)
+        self.process_log = None  # a wsjax.hosts.ProcessLog, closed with the run
         _OPEN[self.path] = self
 
     @property
@@ -239,10 +256,11 @@ class RunDir:
 
     @property
     def started(self) -> bool:
-        """Whether the run has written anything beyond its config (checkpoints, metrics,
-        results, or a sub-run's folder)."""
-        own = {"config.json", "config.json.tmp", ".lock"}
-        return any(p.name not in own for p in self.path.iterdir())
+        """Whether the run has written anything beyond its config, locks and process logs
+        (checkpoints, metrics, results, or a sub-run's folder)."""
+        own = {"config.json", "config.json.tmp", ".lock", "logs"}
+        return any(p.name not in own and not p.name.startswith(".lock.")
+                   for p in self.path.iterdir())
 
     def close(self) -> None:
         """Closes the metric sinks and releases the directory's lock (once)."""
@@ -250,6 +268,9 @@ class RunDir:
             return
         del _OPEN[self.path]
         self.metrics.close()
+        if self.process_log is not None:
+            self.process_log.close()
+            self.process_log = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None

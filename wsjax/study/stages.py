@@ -25,6 +25,7 @@ import numpy as np
 
 from wsjax.checkpoint import Checkpointer
 from wsjax.engine import Engine
+from wsjax.hosts import barrier, host_value, is_main
 from wsjax.study.records import SeedRow, StageResult
 from wsjax.study.runlog import Progress, RunDir
 from wsjax.train import FitProgress, StopRule, TrainState, fold_in_replicas, replica_keys
@@ -95,7 +96,7 @@ def _finite(x) -> float | None:
 
 
 def _lists(tree) -> dict:
-    return jax.tree.map(lambda v: np.asarray(v).tolist(), tree)
+    return jax.tree.map(lambda v: v.tolist(), host_value(tree))
 
 
 class Stages:
@@ -150,8 +151,11 @@ class Stages:
         return Checkpointer(self.run.checkpoints / stage, max_to_keep=2)
 
     def drop(self, stage: str) -> None:
-        """Deletes a stage's checkpoints (runs with many rounds keep only what resuming needs)."""
-        shutil.rmtree(self.run.checkpoints / stage, ignore_errors=True)
+        """Deletes a stage's checkpoints (runs with many rounds keep only what resuming needs);
+        process 0 deletes once every process is past them."""
+        barrier(f"drop {stage}")
+        if is_main():
+            shutil.rmtree(self.run.checkpoints / stage, ignore_errors=True)
 
     def rows(self, states: TrainState, progress: FitProgress, n_train: int) -> list[SeedRow]:
         """One row per seed: epochs, seconds (and compiling apart), examples processed (of
