@@ -21,9 +21,9 @@ HEARTBEAT = 5  # --heartbeat-timeout of the launched runs
 
 # The main job's quick mode, smaller: 4 seeds (so the replica layout splits them over the 4
 # devices), 598 training images of 8x8 (a dataset split over 4 devices is padded to 600), and
-# every stage a fixed 5 epochs (no threshold stop), so a run lasts long enough to be killed
+# every stage a fixed 3 epochs (no threshold stop), so a run lasts long enough to be killed
 # in the middle.
-EPOCHS = 5
+EPOCHS = 3
 QUICK = ["warm_start", "--quick", "--dataset", "synthetic:10:8", "--train-subset", "598",
          "--seeds", "4", "--max-epochs", str(EPOCHS), "--threshold", "2",
          "--heartbeat-timeout", str(HEARTBEAT)]
@@ -101,12 +101,13 @@ def test_two_processes_give_the_results_of_one(tmp_path, two_process_runs, layou
         for field in ("epochs", "stop_reason", "train_acc", "val_acc", "test_acc"):
             assert a[key][field] == b[key][field], (key, field)
         for field in ("val_loss", "test_loss"):
-            # Equal up to float32 rounding: in the batch layout the gradient and BatchNorm
-            # sums cross devices, and between processes Gloo adds the partial sums in another
-            # order than one process does; in both layouts the 2-process program gathers
-            # batches from a dataset split over the processes (one process keeps it whole),
-            # so XLA may order a loss sum differently. Seen: up to 2.5e-7 (jax 0.7 and 0.10).
-            assert a[key][field] == pytest.approx(b[key][field], rel=1e-5), (key, field)
+            # Equal up to float32 rounding, grown over the epochs: in the batch layout the
+            # gradient and BatchNorm sums cross devices, and between processes Gloo adds the
+            # partial sums in another order than one process does; in both layouts the two
+            # programs differ (a sharded dataset, another CPU thread pool per process), so XLA
+            # may round a matrix product or a sum differently. Seen: up to 1.2e-5 relative
+            # (jax 0.7, replica layout), 2.5e-7 (jax 0.10).
+            assert a[key][field] == pytest.approx(b[key][field], rel=1e-4), (key, field)
     # Process 0 alone wrote the shared files; each process logged its own progress.
     logs = sorted(p.name for p in (folder / "logs").iterdir())
     assert logs == ["process_0.log", "process_1.log"]
@@ -196,10 +197,10 @@ def test_a_dead_process_stops_the_other_and_a_restart_resumes(tmp_path, two_proc
     with reaped(launch(args, processes=2, devices=2, logs=tmp_path / "first")) as procs:
         log = out / "logs" / "process_0.log"
         deadline = time.monotonic() + TIMEOUT
-        while "[round1] epoch   3" not in (log.read_text() if log.exists() else ""):
+        while "[round1] epoch   2" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline and procs[0].poll() is None, "no progress"
             time.sleep(0.1)
-        procs[1].kill()  # SIGKILL mid-run: no chance to say goodbye
+        procs[1].kill()  # SIGKILL mid-run (round 1 of 7 stages): no chance to say goodbye
         killed = time.monotonic()
         code = procs[0].wait(timeout=TIMEOUT)
         stopped_after = time.monotonic() - killed

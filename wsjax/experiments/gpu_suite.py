@@ -199,7 +199,6 @@ def step_data(cfg, ctx, deadline) -> dict:
 
 def _engine_row(name, seeds, ds, cfg, deadline, parallel=None, chunk=None) -> dict:
     """One row of the engine step (see the module docstring)."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
