@@ -54,8 +54,7 @@ def reaped(procs):
 def wait_all(procs, logs) -> None:
     """Waits for every process (``TIMEOUT`` each; killed past it) and fails with their
     output unless all ended well."""
-    with reaped(procs):
-        codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    codes = hosts.wait_local(procs, TIMEOUT)
     if any(codes):
         text = "\n".join(open(f"{logs}.{k}.txt").read()[-3000:] for k in range(len(procs)))
         raise AssertionError(f"exit codes {codes}:\n{text}")

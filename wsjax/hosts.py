@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
-import numpy as np
+from jax.experimental import multihost_utils
 
 # Environment variables that say the job launched several processes, by cluster kind; JAX's
 # own detection (jax._src.clusters) then reads the coordinator, count and id from them.
@@ -81,7 +81,9 @@ def _distributed_state():
     return distributed.global_state
 
 
-def _started() -> bool:
+def is_distributed() -> bool:
+    """Whether JAX's multi-controller runtime runs here (``initialize``, or the caller,
+    started it)."""
     return getattr(_distributed_state(), "client", None) is not None
 
 
@@ -145,7 +147,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                          f"and --process-id on every process; missing {', '.join(missing)} "
                          f"(or launch under SLURM, Open MPI or on a TPU slice, whose "
                          f"environment JAX reads)")
-    if _started():
+    if is_distributed():
         state = _distributed_state()
         same = ((coordinator is None or coordinator == state.coordinator_address)
                 and (num_processes is None or num_processes == jax.process_count())
@@ -192,14 +194,9 @@ def process_index() -> int:
     is used and without ``initialize``, this is the only process."""
     from jax._src import xla_bridge
 
-    if not _started() and not xla_bridge.backends_are_initialized():
+    if not is_distributed() and not xla_bridge.backends_are_initialized():
         return 0
     return jax.process_index()
-
-
-def is_distributed() -> bool:
-    """Whether JAX's multi-controller runtime runs here (``initialize`` started it)."""
-    return _started()
 
 
 def is_main() -> bool:
@@ -210,8 +207,6 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
     """Waits until every process reaches the barrier ``name`` (nothing with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -225,13 +220,9 @@ def host_value(tree):
     processes' devices is gathered (a collective: every process calls this at the same
     point); anything else is read locally."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    if any(_spans_processes(leaf) for leaf in leaves):
-        from jax.experimental import multihost_utils
-
-        leaves = [multihost_utils.process_allgather(leaf, tiled=True)
-                  if _spans_processes(leaf) else leaf for leaf in leaves]
-    leaves = [np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf for leaf in leaves]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    leaves = [multihost_utils.process_allgather(leaf, tiled=True)
+              if _spans_processes(leaf) else leaf for leaf in leaves]
+    return jax.tree_util.tree_unflatten(treedef, jax.device_get(leaves))
 
 
 class ProcessLog:
@@ -298,3 +289,14 @@ def launch_local(command, *, processes: int, devices: int, logs: str | os.PathLi
                 [sys.executable, "-m", "wsjax", *command, *coordination, *ids],
                 stdout=out, stderr=subprocess.STDOUT, env=full_env))
     return procs
+
+
+def wait_local(procs, timeout: float) -> list[int]:
+    """Waits for the processes of ``launch_local`` (``timeout`` seconds each) and returns
+    their exit codes; any still running on the way out (a timeout, an error) is killed."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

@@ -104,16 +104,13 @@ class DataParallel:
         of the device count; indices never reach the padding)."""
         if not self.shard_data:
             return self.place_replicated(tree)
-        sharding = NamedSharding(self.mesh, P(AXIS))
 
-        def one(a):
+        def padded(a):
             a = np.asarray(a)
             pad = -len(a) % self.num_devices
-            if pad:
-                a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-            return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+            return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
 
-        return jax.tree.map(one, tree)
+        return place(jax.tree.map(padded, tree), NamedSharding(self.mesh, P(AXIS)))
 
 
 def place(tree, sharding: NamedSharding):
@@ -136,11 +133,12 @@ def place(tree, sharding: NamedSharding):
     return jax.tree.map(one, tree)
 
 
-def choose_parallel(mode: str, num_replicas: int, *, conv: bool) -> DataParallel | None:
+def choose_parallel(mode: str, num_replicas: int, *, conv: bool,
+                    shard_data: bool | None = None) -> DataParallel | None:
     """The layout over all devices for ``mode``: ``'none'`` (or one device with ``'auto'``)
     gives None; ``'auto'`` splits batches for conv nets (``conv``) and replicas for small
     models when they divide evenly over the devices, else batches; ``'batch'`` and
-    ``'replica'`` as named."""
+    ``'replica'`` as named. ``shard_data`` as in ``DataParallel``."""
     if mode not in ("auto", "none", "batch", "replica"):
         raise ValueError(f"parallel={mode!r} must be 'auto', 'none', 'batch' or 'replica'")
     n = jax.device_count()
@@ -151,4 +149,4 @@ def choose_parallel(mode: str, num_replicas: int, *, conv: bool) -> DataParallel
         return None
     if mode == "auto":
         mode = "replica" if not conv and num_replicas % n == 0 else "batch"
-    return DataParallel(make_mesh(), mode)
+    return DataParallel(make_mesh(), mode, shard_data)

@@ -46,12 +46,7 @@ def run_once(command, processes: int, devices: int, out: Path) -> dict:
     start = time.perf_counter()
     procs = hosts.launch_local([*command, "--out", str(out)], processes=processes,
                                devices=devices, logs=out.with_suffix(""))
-    try:
-        codes = [p.wait(timeout=3600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = hosts.wait_local(procs, timeout=3600)
     wall = time.perf_counter() - start
     if any(codes):
         log = Path(f"{out.with_suffix('')}.0.txt").read_text()[-2000:]

@@ -384,10 +384,9 @@ def setup(cfg, script: str, *, may_change=(), objective: Objective | None = None
     ds = load_data(s.data)
     seeds = seeds_of(s.train)
     model = build_model(s.model, ds.num_classes)
+    shard_data = None if s.train.data_layout == "auto" else s.train.data_layout == "sharded"
     parallel = choose_parallel(s.train.parallel, len(seeds),
-                               conv=has_conv(model, ds.image_shape))
-    if parallel is not None and s.train.data_layout != "auto":
-        parallel = dataclasses.replace(parallel, shard_data=s.train.data_layout == "sharded")
+                               conv=has_conv(model, ds.image_shape), shard_data=shard_data)
     after_update = (shrink_perturb_every_step(model, ds.image_shape, *sp_every_step)
                     if sp_every_step else None)
     engine = Engine(model, make_optimizer(s.optim.optimizer, s.optim.lr,
