@@ -3,7 +3,6 @@ with the offline CIFAR-10 beside the checkout when it is there (they fall back t
 when it is not). Their kernels inherit this environment."""
 
 import os
-import tempfile
 from pathlib import Path
 
 SHARED_DATA = Path(os.environ.get("WSJAX_SHARED_DATA",
@@ -13,10 +12,7 @@ os.environ["WSJAX_QUICK"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if (SHARED_DATA / "cifar10.npz").exists():
     os.environ.setdefault("WSJAX_DATA_DIR", str(SHARED_DATA))
-# One compilation cache for every notebook's kernel: the same programs (the MLP's epoch and
-# evaluation) recur across the study's runs.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="wsjax-nb-xla-"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The compilation cache and XLA flags every kernel shares: ../conftest.py.
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -7,15 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wsjax.hosts import fake_devices_flags
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WSJAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def run_python(code: str, *, devices: int = 1, timeout: int = 600, cwd=REPO, env=None):
     """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices; returns stdout."""
-    full_env = {**os.environ, **(env or {}),
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                "JAX_PLATFORMS": "cpu"}
+    full_env = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu"}
+    full_env["XLA_FLAGS"] = fake_devices_flags(devices, full_env.get("XLA_FLAGS", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=timeout, cwd=cwd, env=full_env)
     if out.returncode != 0:

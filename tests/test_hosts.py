@@ -31,7 +31,7 @@ QUICK = ["warm_start", "--quick", "--dataset", "synthetic:10:8", "--train-subset
 
 def _env(devices: int) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+            "XLA_FLAGS": hosts.fake_devices_flags(devices, os.environ.get("XLA_FLAGS", ""))}
 
 
 def launch(args, *, processes: int, devices: int, logs) -> list[subprocess.Popen]:

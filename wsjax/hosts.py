@@ -269,6 +269,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fake_devices_flags(devices: int, flags: str = "") -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with its CPU device count set to ``devices``; the
+    caller's other XLA flags are kept."""
+    kept = [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def launch_local(command, *, processes: int, devices: int, logs: str | os.PathLike,
                  env: Mapping[str, str] | None = None) -> list[subprocess.Popen]:
     """Starts ``python -m wsjax <command>`` as the ``processes`` processes of one run on this
@@ -279,8 +286,8 @@ def launch_local(command, *, processes: int, devices: int, logs: str | os.PathLi
     if processes > 1:
         coordination = ["--coordinator", f"127.0.0.1:{free_port()}",
                         "--num-processes", str(processes)]
-    full_env = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    full_env = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu"}
+    full_env["XLA_FLAGS"] = fake_devices_flags(devices, full_env.get("XLA_FLAGS", ""))
     procs = []
     for k in range(processes):
         ids = ["--process-id", str(k)] if processes > 1 else []
