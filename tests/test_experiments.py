@@ -138,9 +138,11 @@ def test_transfer_with_a_new_head(tmp_path):
 
 
 def test_bn_stats_modes_and_mismatch_probe(results):
-    rec = bn_stats.main(RESNET + ["--settings", "0.05:32", "--out", str(results / "bn")])
+    rec = bn_stats.main(RESNET + ["--settings", "0.05:32", "--shrink", "0.6", "--out",
+                                  str(results / "bn")])
     res = rec.cells["lr0.05_b32"].results
-    assert {"warm_start_bn_keep", "warm_start_bn_reset", "warm_start_bn_recompute"} <= set(res)
+    assert {"warm_start_bn_keep", "warm_start_bn_reset", "warm_start_bn_recompute",
+            "sp_0.6_bn_keep", "sp_0.6_bn_reset", "sp_0.6_bn_recompute"} <= set(res)
     for r in res.values():
         assert all(np.all(np.asarray(h["bn_mean_gap"]) >= 0) for h in r.history)
     # At the start of round 2, recomputed statistics match the data; kept and reset ones do not.
@@ -195,6 +197,8 @@ def test_claims_table_reads_every_run(results):
     for name in ("Table 1", "curves", "grid", "po", "reg", "sweep", "step", "age", "grad",
                  "shrink", "order", "active", "bn"):
         assert name in evidence, name
+    # The BN cell's shrink-perturb arms, each against the warm arm of its own BN mode.
+    assert any("(sp_0.6_bn_reset - warm_start_bn_reset)" in r["claim"] for r in ran)
     # Transfer ran elsewhere: its row says what to run.
     assert [r["verdict"] for r in rows if "transfer" in r["claim"]] == [
         "not run: " + claims.COMMANDS["transfer"]]

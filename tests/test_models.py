@@ -61,8 +61,17 @@ def test_forward_shapes_and_features(name):
     if name.startswith("wrn"):  # their sizes are tested in test_budget; the smallest here
         overrides = {"depth": 10, "widen": 1}
     model = create_model(name, 5, **overrides)
-    v = init_variables(model, jax.random.key(0), (size, size, 3))
     x = jnp.ones((2, size, size, 3))
+    if name in ("vgg13", "vgg16"):
+        # Shapes only, traced without compiling: random init of a VGG takes 15 s to compile
+        # on a CPU, and vgg11 and vgg19 run the same code with numbers.
+        v = jax.eval_shape(lambda k: init_variables(model, k, (size, size, 3)),
+                           jax.random.key(0))
+        logits, feats = jax.eval_shape(lambda v: model.apply(v, x, return_features=True), v)
+        chex.assert_shape(logits, (2, 5))
+        assert feats.shape[0] == 2
+        return
+    v = init_variables(model, jax.random.key(0), (size, size, 3))
     logits, feats = model.apply(v, x, return_features=True)
     chex.assert_shape(logits, (2, 5))
     assert feats.shape[0] == 2

@@ -439,6 +439,14 @@ def _bn_stats(t: Table, runs: list[tuple[str, records.Cells]]):
             t.paired("Claim 7: resetting restores the alignment (keep - reset, BN mean "
                      "mismatch at the start of round 2)", at, gap(keep), gap(reset), "g", 1.0,
                      unit="std")
+        # Shrink-perturb arms (--shrink) make the cell Table 1's ResNet cell as well; each is
+        # paired with the warm arm of its own BN mode.
+        for arm in [a for a in res if a.startswith("sp_")]:
+            warm = "warm_start" + arm[arm.index("_bn_"):] if "_bn_" in arm else keep
+            t.gap(f"Shrink-perturb narrows the gap, ResNet ({arm} - {warm})", at, res, arm,
+                  warm)
+            t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", at,
+                  res, b=arm, test="non_inferior")
 
 
 SINGLE = {

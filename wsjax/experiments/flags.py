@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -197,7 +198,11 @@ def parse(cls, argv=None, *, description: str = "", defaults: Mapping | None = N
     for action in parser._actions:
         if action.dest == "quick" and quick:
             action.help = f"{action.help}: {dict(quick)} unless set explicitly"
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the settings the command would run with (every flag, "
+                             "resolved and checked) as JSON, and exit without running")
     values = vars(parser.parse_args(argv))
+    dry_run = values.pop("dry_run")
     if values.get("quick") and quick:
         # Parsed again with every default unset, to tell the flags given from the defaults
         # (``--seeds 4`` with --quick means 4 seeds, though 4 is the default).
@@ -207,4 +212,8 @@ def parse(cls, argv=None, *, description: str = "", defaults: Mapping | None = N
         for name, value in quick.items():
             if name not in given:
                 values[name] = value
-    return unflatten(cls, values)
+    config = unflatten(cls, values)
+    if dry_run:
+        print(json.dumps(flatten(config), indent=1, default=str))
+        raise SystemExit(0)
+    return config
