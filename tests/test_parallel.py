@@ -51,8 +51,10 @@ def _check(model, overrides, mode, shard=False, seeds=(0, 1, 2, 3)):
 def test_batch_split_over_4_devices_equals_1_device_with_batchnorm():
     # The dataset split over the devices too (as over several processes): each device holds
     # a quarter and the step gathers batches across them.
-    # Two seeds: each is a copy of the unrolled ResNet step to compile (wsjax.replicas).
-    _check("resnet18_narrow", {"widths": (4, 4, 4, 4)}, "batch", shard=True, seeds=(0, 1))
+    # Two seeds: each is a copy of the unrolled ResNet step to compile (wsjax.replicas); one
+    # block per stage (a ResNet-10) halves that, and the layouts compared do not depend on it.
+    _check("resnet18_narrow", {"widths": (4, 4, 4, 4), "blocks_per_stage": (1, 1, 1, 1)},
+           "batch", shard=True, seeds=(0, 1))
 
 
 def test_replicas_split_over_4_devices_equals_1_device():
