@@ -71,6 +71,18 @@ def test_the_wsjax_command_lists_and_dispatches(capsys):
     assert "two-phase experiment" in capsys.readouterr().out
 
 
+def test_dry_run_prints_the_resolved_settings_and_runs_nothing(tmp_path, capsys):
+    from wsjax.experiments import warm_start
+    with pytest.raises(SystemExit) as done:
+        warm_start.main(["--quick", "--seeds", "3", "--out", str(tmp_path / "run"),
+                         "--dry-run"])
+    assert done.value.code == 0 and not (tmp_path / "run").exists()
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["seeds"] == 3 and settings["quick"] and "dry_run" not in settings
+    with pytest.raises(ValueError, match="--seeds 0"):  # checked as a run would be
+        warm_start.main(["--seeds", "0", "--dry-run"])
+
+
 def test_a_run_of_an_older_version_resumes_unless_a_flag_changed(tmp_path):
     from wsjax.experiments.common import record_config
     from wsjax.study.records import migrate_config_v1
