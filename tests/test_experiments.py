@@ -101,6 +101,22 @@ def test_shrink_only_bias_free_relu_mlp_keeps_its_accuracy(results):
     assert len(rec.results["mlp"].val_acc) == 4
 
 
+def test_arms_may_be_added_or_left_out_when_a_run_resumes(tmp_path):
+    out = ["--out", str(tmp_path / "run")]
+    first = warm_start.main(MLP + ["--shrink", "0.5"] + out)
+    more = warm_start.main(MLP + ["--shrink", "0.5", "0.3"] + out)
+    assert set(more.results) == {"random_init", "warm_start", "sp_0.5", "sp_0.3"}
+    for arm in first.results:  # restored from its stages, not trained again
+        assert more.results[arm].seeds == first.results[arm].seeds, arm
+    trained = [json.loads(line)["stage"] for line in
+               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert trained.count("round2_sp_0.5") == trained.count("round2_sp_0.3") >= 1
+    fewer = warm_start.main(MLP + ["--shrink", "0.3", "--no-warm-start"] + out)
+    assert set(fewer.results) == {"random_init", "sp_0.3"}
+    with pytest.raises(ValueError, match="different config"):  # would change what sp_0.3 is
+        warm_start.main(MLP + ["--shrink", "0.3", "--noise", "0.1"] + out)
+
+
 def test_online_rounds_resume_and_active_selection(results):
     args = MLP + ["--chunk", "60", "--out", str(results / "order")]
     first = online.main(args + ["--rounds", "2"]).results

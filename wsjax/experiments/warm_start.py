@@ -136,12 +136,20 @@ def print_table(results: dict) -> None:
                           total("examples", 0, 1e-3), fmt("compile_seconds", 1, 1), stops]))
 
 
+# Arms may be added or left out when a run resumes: each arm's stages are named after what
+# it does (``sp_0.6``, ``warm_start_bn_reset``), so the stages already trained are kept and only
+# the new arms train. Flags that would change what an existing name means (``--noise`` with one
+# value, ``--noise-kind``, ``--opt-state``) still refuse to resume.
+ARMS_MAY_CHANGE = ("shrink", "bn", "warm_arm")
+
+
 def run(cfg: TwoPhaseConfig, *, script: str = "warm_start", plot=plot_two_phase) -> Run:
     """Runs the two-phase experiment; returns (and writes) its record. ``script`` names the
     experiment the run belongs to (a cell of a sweep names the sweep)."""
     objective = (Objective(cfg.objective, cfg.strength, label_smoothing=cfg.label_smoothing)
                  if cfg.objective != "ce" or cfg.strength or cfg.label_smoothing else None)
-    run_ = setup(cfg, script, objective=objective, sp_every_step=cfg.sp_every_step)
+    run_ = setup(cfg, script, objective=objective, sp_every_step=cfg.sp_every_step,
+                 may_change=ARMS_MAY_CHANGE)
     watch = make_watch(run_.engine, run_.data, curves=cfg.curves, bn_probe=cfg.bn_probe)
     outcome = run_two_phase(run_.stages, fit_idx=run_.data.fit_idx,
                             first_fraction=cfg.first_fraction, arms=arms_of(cfg.arms),
