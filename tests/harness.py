@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wsjax.hosts import fake_devices_flags
+from wsjax.hosts import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WSJAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -15,10 +15,8 @@ SHARED_DATA = Path(os.environ.get("WSJAX_SHARED_DATA", REPO.parent / "shared" / 
 
 def run_python(code: str, *, devices: int = 1, timeout: int = 600, cwd=REPO, env=None):
     """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices; returns stdout."""
-    full_env = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu"}
-    full_env["XLA_FLAGS"] = fake_devices_flags(devices, full_env.get("XLA_FLAGS", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=timeout, cwd=cwd, env=full_env)
+                         timeout=timeout, cwd=cwd, env=cpu_env(devices, env))
     if out.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{out.stdout}\n{out.stderr[-4000:]}")
     return out.stdout

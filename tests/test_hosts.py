@@ -4,7 +4,6 @@ process bounded in time (``TIMEOUT``)."""
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,11 +26,6 @@ EPOCHS = 3
 QUICK = ["warm_start", "--quick", "--dataset", "synthetic:10:8", "--train-subset", "598",
          "--seeds", "4", "--max-epochs", str(EPOCHS), "--threshold", "2",
          "--heartbeat-timeout", str(HEARTBEAT)]
-
-
-def _env(devices: int) -> dict:
-    return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": hosts.fake_devices_flags(devices, os.environ.get("XLA_FLAGS", ""))}
 
 
 def launch(args, *, processes: int, devices: int, logs) -> list[subprocess.Popen]:
@@ -158,7 +152,8 @@ if folders:  # save seeds 0-3, a step on
 def _checkpoint(mode, processes, devices, logs, *folders) -> list[str]:
     port = str(hosts.free_port())
     procs = [subprocess.Popen([sys.executable, "-c", CHECKPOINT, mode, port, str(processes),
-                               str(k), *map(str, folders)], cwd=REPO, env=_env(devices),
+                               str(k), *map(str, folders)], cwd=REPO,
+                              env=hosts.cpu_env(devices),
                               stdout=open(f"{logs}.{k}.txt", "w"), stderr=subprocess.STDOUT)
              for k in range(processes)]
     wait_all(procs, logs)
@@ -234,7 +229,7 @@ def test_a_process_that_fails_ends_at_once_and_the_other_follows(tmp_path):
                  str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}",
                  "--num-processes", "2", "--process-id", str(k)],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                env={**_env(2), "WSJAX_DATA_DIR": str(folder)}))
+                env=hosts.cpu_env(2, {"WSJAX_DATA_DIR": str(folder)})))
     with reaped(procs):
         start = time.monotonic()
         failed = procs[1].wait(timeout=TIMEOUT)

@@ -269,11 +269,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_devices_flags(devices: int, flags: str = "") -> str:
-    """``flags`` (an ``XLA_FLAGS`` value) with its CPU device count set to ``devices``; the
-    caller's other XLA flags are kept."""
-    kept = [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
-    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+def cpu_env(devices: int, env: Mapping[str, str] | None = None) -> dict:
+    """This process's environment plus ``env``, for a JAX process on the CPU with ``devices``
+    fake devices; the caller's other XLA flags are kept."""
+    full = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu"}
+    kept = [f for f in full.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    full["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+    return full
 
 
 def launch_local(command, *, processes: int, devices: int, logs: str | os.PathLike,
@@ -286,8 +289,7 @@ def launch_local(command, *, processes: int, devices: int, logs: str | os.PathLi
     if processes > 1:
         coordination = ["--coordinator", f"127.0.0.1:{free_port()}",
                         "--num-processes", str(processes)]
-    full_env = {**os.environ, **(env or {}), "JAX_PLATFORMS": "cpu"}
-    full_env["XLA_FLAGS"] = fake_devices_flags(devices, full_env.get("XLA_FLAGS", ""))
+    full_env = cpu_env(devices, env)
     procs = []
     for k in range(processes):
         ids = ["--process-id", str(k)] if processes > 1 else []
