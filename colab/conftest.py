@@ -12,13 +12,5 @@ os.environ["WSJAX_QUICK"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if (SHARED_DATA / "cifar10.npz").exists():
     os.environ.setdefault("WSJAX_DATA_DIR", str(SHARED_DATA))
-# The compilation cache and XLA flags every kernel shares: ../conftest.py.
-
-
-def pytest_ignore_collect(collection_path, config):
-    """``WSJAX_NOTEBOOKS`` picks the notebooks to run: unset, all of them; ``0``, none; else the
-    names to run (``"study quickstart"``). CI shares them out over its two environments."""
-    chosen = os.environ.get("WSJAX_NOTEBOOKS")
-    if collection_path.suffix != ".ipynb" or chosen is None:
-        return None
-    return collection_path.stem not in chosen.replace(",", " ").split() or None
+# The compilation cache and XLA flags every kernel shares, and which CI environment runs
+# which notebook: ../conftest.py.

@@ -14,6 +14,9 @@ from wsjax.models.substitutes import (ConvSpec, acdc_gain_scale, dct_matrix, gro
                                       hash_buckets, make_conv, riffle, substitute_params)
 from wsjax.summary import summarize_model
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 SPECS = ["full", "separable:1", "separable:2", "bottleneck:0.5", "hashed:0.1",
          "hashed_sep:0.3", "acdc:3"]
 

@@ -15,6 +15,9 @@ from wsjax.optim import lr_schedule, make_optimizer
 from wsjax.train import StopRule, replica_keys
 from wsjax.warmstart import shrink_perturb, transplant
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 
 def test_attention_map_against_a_reference():
     x = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)

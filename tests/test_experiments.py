@@ -14,6 +14,9 @@ from wsjax.experiments import (bn_stats, budget, checkpoint_age, claims, curves,
                                sp_grid, sweep, table1, transfer, warm_start)
 from wsjax.warmstart import Arm
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
         "--max-epochs", "2", "--batch-size", "32"]
 MLP = TINY + ["--model", "mlp", "--widths", "16"]

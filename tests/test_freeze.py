@@ -15,6 +15,9 @@ from wsjax.summary import summarize_model
 from wsjax.train import StopRule, replica_keys
 from wsjax.trees import leaf_paths
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 BODY = ["stem_conv", "stem_bn", "stage1_block0", "stage2_block0/conv1"]
 
 

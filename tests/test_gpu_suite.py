@@ -9,6 +9,9 @@ import pytest
 
 from wsjax.experiments import gpu_suite
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 
 def test_tiny_suite_runs_every_step_and_records_it(tmp_path):
     cfg = gpu_suite.SuiteConfig(out=str(tmp_path / "suite"), tiny=True,

@@ -12,6 +12,9 @@ from wsjax.models import create_model
 from wsjax.toy_data import TOY_SETS, playground, points
 from wsjax.train import StopRule, replica_keys
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture(scope="module")
 def synthetic():

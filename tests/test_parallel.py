@@ -1,6 +1,8 @@
 """Data parallelism over 4 fake CPU devices, each check in its own process (XLA_FLAGS must be set
 before jax starts)."""
 
+import pytest
+
 from harness import run_python
 
 CHECK = r'''
@@ -48,6 +50,9 @@ def _check(model, overrides, mode, shard=False, seeds=(0, 1, 2, 3)):
     assert "OK" in out
 
 
+# The slowest check here (2 minutes on a loaded CI machine); the mesh calls it makes, the
+# others make too: CI runs it in one environment (`once`, conftest.py).
+@pytest.mark.once
 def test_batch_split_over_4_devices_equals_1_device_with_batchnorm():
     # The dataset split over the devices too (as over several processes): each device holds
     # a quarter and the step gathers batches across them.

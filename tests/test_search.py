@@ -12,6 +12,9 @@ import pytest
 
 from harness import REPO
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 optuna = pytest.importorskip("optuna")
 
 from wsjax import data as wdata  # noqa: E402

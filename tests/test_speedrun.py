@@ -18,6 +18,9 @@ from wsjax.speedrun.recipe import (AIRBENCH94, AIRBENCH94_MUON, PAGE_RESNET9, TR
 from wsjax.speedrun.tta import translate_views, tta_logits
 from wsjax.speedrun.whitening import image_patches, whitening_filters
 
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
+
 
 def test_whitening_filters_match_a_numpy_eigendecomposition():
     rng = np.random.default_rng(0)

@@ -4,9 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from wsjax.experiments import claims, interventions
 from wsjax.interventions.l2_init import anchored_l2_init
+
+# CI runs this module in one of its two environments (`once`, conftest.py).
+pytestmark = pytest.mark.once
 
 TINY = ["--dataset", "synthetic:4:8", "--train-subset", "240", "--seeds", "2",
         "--max-epochs", "2", "--batch-size", "32", "--chunk", "50", "--probe", "40"]

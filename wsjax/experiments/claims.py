@@ -228,11 +228,21 @@ def _table1(t: Table, name: str, cells: list[tuple[str, records.Run]]):
     # Cells may come from different runs (a cell re-run alone): each carries its own notes.
     for cell, rec in cells:
         t.scale, t.notes = small_scale(rec), protocol_notes(rec)
-        t.gap("Warm-started models generalize worse (random init - warm start, val acc)",
-              f"Table 1 {cell}", rec.results)
+        _gap_and_shrink_perturb(t, f"Table 1 {cell}", rec.results)
     for cell, rec in cells:
         t.scale, t.notes = small_scale(rec), protocol_notes(rec)
         _compute(t, f"Table 1 {cell}", rec)
+
+
+def _gap_and_shrink_perturb(t: Table, evidence: str, res: dict):
+    """The two-phase rows: the gap, and for each shrink-perturb arm (``--shrink``) whether it
+    narrows the gap and whether it closes it."""
+    t.gap("Warm-started models generalize worse (random init - warm start, val acc)", evidence,
+          res)
+    for arm in [a for a in res if a.startswith("sp_")]:
+        t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", evidence, res, arm)
+        t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", evidence,
+              res, b=arm, test="non_inferior")
 
 
 def _compute(t: Table, evidence: str, rec: records.Run):
@@ -264,12 +274,7 @@ def _two_phase(t: Table, name: str, rec: records.Run):
     if config.get("label_noise"):
         _label_noise(t, name, rec)
     else:
-        t.gap("Warm-started models generalize worse (random init - warm start, val acc)", name,
-              res)
-        for arm in [a for a in res if a.startswith("sp_")]:
-            t.gap(f"Shrink-perturb narrows the gap ({arm} - warm start)", name, res, arm)
-            t.gap(f"... and closes it (random - {arm}; at most {CLOSED_PP:g} = closed)", name,
-                  res, b=arm, test="non_inferior")
+        _gap_and_shrink_perturb(t, name, res)
     if res["warm_start"].round1:
         _compute(t, name, rec)
 
