@@ -38,7 +38,8 @@ def _seeds_ok(rows, n=2):
 
 def test_table1_cells_and_paper_numbers(results):
     out = table1.main(["--dataset", "synthetic:4:8", "--models", "logreg", "--optimizers",
-                       "sgd", "adam", "--out", str(results / "table1")] + TINY[2:])
+                       "sgd", "adam", "--shrink", "0.6", "--out", str(results / "table1")]
+                      + TINY[2:])
     assert [(r.model, r.optimizer) for r in out.rows] == [("logreg", "sgd"), ("logreg", "adam")]
     assert "| synthetic:4:8 | logreg | sgd |" in out.table
     assert table1.PAPER[("cifar10", "mlp", "adam")] == (39.4, 36.1)
@@ -216,6 +217,9 @@ def test_claims_table_reads_every_run(results):
     for name in ("Table 1", "curves", "grid", "po", "reg", "sweep", "step", "age", "grad",
                  "shrink", "order", "active", "bn"):
         assert name in evidence, name
+    # Table 1's cells report their shrink-perturb arms.
+    assert any(r["evidence"].startswith("Table 1") and "(sp_0.6 - warm start)" in r["claim"]
+               for r in ran)
     # The BN cell's shrink-perturb arms, each against the warm arm of its own BN mode.
     assert any("(sp_0.6_bn_reset - warm_start_bn_reset)" in r["claim"] for r in ran)
     # Transfer ran elsewhere: its row says what to run.
