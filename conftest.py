@@ -52,12 +52,15 @@ def _once_name(item) -> str | None:
     return None
 
 
+def _listed(variable: str) -> set[str]:
+    """The names an environment variable lists, separated by spaces or commas."""
+    return set(os.environ.get(variable, "").replace(",", " ").split())
+
+
 def pytest_collection_modifyitems(config, items):
-    here = os.environ.get("WSJAX_ONCE_HERE")
-    if here is None:
+    if "WSJAX_ONCE_HERE" not in os.environ:
         return
-    here = set(here.replace(",", " ").split())
-    elsewhere = set(os.environ.get("WSJAX_ONCE_ELSEWHERE", "").replace(",", " ").split())
+    here, elsewhere = _listed("WSJAX_ONCE_HERE"), _listed("WSJAX_ONCE_ELSEWHERE")
     keep, dropped, unlisted = [], [], set()
     for item in items:
         name = _once_name(item)
