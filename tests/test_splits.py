@@ -2,6 +2,7 @@
 protocol's shrink-perturb before round 1."""
 
 import collections
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from wsjax.experiments.common import DataConfig, study_data
 from wsjax.models import create_model
 from wsjax.optim import make_optimizer
 from wsjax.study import protocols
-from wsjax.study.records import migrate_config
+from wsjax.study.records import SeedRow, migrate_config
 from wsjax.train import StopRule, pad_indices, replica_keys
 from wsjax.warmstart import Arm
 
@@ -138,6 +139,53 @@ def test_arms_with_one_transform_share_their_round_1():
     assert outcome.round1_of("sp_reset") is outcome.round1_of("sp_keep")
 
 
+class OnlineRecorder(RecordingTrainer):
+    """``RecordingTrainer`` with what ``run_online`` also needs: a run folder, progress notes,
+    ``drop`` and a row per seed."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.run = types.SimpleNamespace(path=path)
+        self.progress = types.SimpleNamespace(note=lambda message: None)
+        self.dropped = []
+
+    def drop(self, stage):
+        self.dropped.append(stage)
+
+    def train(self, stage, variables, idx, opt_state=None, **options):
+        trained = super().train(stage, variables, idx, opt_state, **options)
+        rows = [SeedRow(seed=0, epochs=1, seconds=0.0, stop_reason="threshold", train_acc=1.0,
+                        val_acc=0.5)]
+        return trained._replace(result=types.SimpleNamespace(seeds=rows))
+
+
+def test_online_shrink_perturb_arms_transform_their_init_before_round_0(tmp_path):
+    arms = [Arm("warm_start"), Arm("sp", 0.5, 0.1), Arm("sp_keep", 0.5, 0.1, bn="keep")]
+    trainer = OnlineRecorder(tmp_path)
+    protocols.run_online(trainer, pool_idx=np.zeros(4, int), chunk=2, arms=arms)
+    # Random init and the plain warm start share the plain round 0 (fresh init: 1); the two
+    # arms with one transform share theirs: 0.5 * init + 0.1 * fresh (10) = 1.5.
+    assert [s for s in trainer.starts if s.startswith("round000")] == ["round000",
+                                                                       "round000_sp"]
+    np.testing.assert_allclose(trainer.starts["round000"][0], 1.0)
+    np.testing.assert_allclose(trainer.starts["round000_sp"][0], 1.5)
+    # Round 1 transforms each arm's own round 0: again 0.5 * 1.5 + 1 for the shrink-perturb
+    # arms, the plain round 0 unchanged for the warm start, on both chunks.
+    np.testing.assert_allclose(trainer.starts["sp_r001"][0], 0.5 * 1.5 + 1.0)
+    np.testing.assert_allclose(trainer.starts["sp_keep_r001"][0], 0.5 * 1.5 + 1.0)
+    np.testing.assert_allclose(trainer.starts["warm_start_r001"][0], 1.0)
+    assert trainer.starts["sp_r001"][1] == (4,)
+    # Once round 1 is done, every round-0 stage is dropped (resuming needs the latest only).
+    assert {"round000", "round000_sp"} <= set(trainer.dropped)
+
+    shared = OnlineRecorder(tmp_path / "shared")
+    shared.run.path.mkdir()
+    protocols.run_online(shared, pool_idx=np.zeros(4, int), chunk=2, arms=arms,
+                         shared_round0=True)
+    assert "round000_sp" not in shared.starts
+    np.testing.assert_allclose(shared.starts["sp_r001"][0], 0.5 * 1.0 + 1.0)
+
+
 def test_runs_saved_before_the_flags_resume_only_as_they_ran():
     old = {"script": "warm_start", "split_seed": 0, "opt_state": "reset", "shrink": [0.6],
            "plateau_window": None, "plateau_min_epochs": 20, "model": "mlp"}
@@ -145,3 +193,4 @@ def test_runs_saved_before_the_flags_resume_only_as_they_ran():
     assert migrated["fixed_split"] is True and migrated["shared_round1"] is True
     online = migrate_config({"script": "online", "split_seed": 0, "shrink": [0.6]})
     assert online["fixed_split"] is True and "shared_round1" not in online
+    assert online["shared_round0"] is True

@@ -5,7 +5,7 @@ the two-phase experiment runs random init and one warm arm per BN mode, recordin
 epoch the train accuracy (speed, stability), the validation accuracy, and the mismatch between
 the running statistics and the fitted data's statistics (claims 6, 7).
 
-    wsjax bn_stats --optimizer sgd --seeds 3
+    wsjax bn_stats --optimizer sgd --seeds 5
     wsjax bn_stats --quick --widths 8,16,32,64
 """
 

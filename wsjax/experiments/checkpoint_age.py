@@ -5,7 +5,7 @@ epoch k (a plain warm start: new optimizer state, BatchNorm reset). The figure p
 validation accuracy of each against k, beside random init on 100%. The paper finds the damage
 appears after only a few epochs of round 1.
 
-    wsjax checkpoint_age --model mlp --optimizer adam --seeds 3
+    wsjax checkpoint_age --model mlp --optimizer adam --seeds 5
     wsjax checkpoint_age --quick
 """
 

@@ -44,7 +44,7 @@ from wsjax.study.stats import mean_se, paired_differences, stop_counts
 COMMANDS = {
     "table1": "table1 --models logreg mlp --seeds 5",
     "curves": "curves (Fig 1)",
-    "online": "online --model mlp --shrink 0.6 --seeds 3 (Fig 2; --select margin)",
+    "online": "online --model mlp --shrink 0.6 --seeds 5 (Fig 2; --select margin)",
     "sweep": "sweep (Fig 3)",
     "checkpoint_age": "checkpoint_age (Fig 4)",
     "regularization": "regularization",
@@ -144,7 +144,8 @@ def protocol_notes(*runs) -> str:
     protocol in ways the table must show: a subset of the training images, other layer widths,
     another init, activation, dropout or augmentation, an epoch cap below the official 350, the
     "stops improving" fallback beside the 99% rule, one split shared by every seed (every run
-    written before per-seed splits), one plain round 1 shared by the shrink-perturb arms."""
+    written before per-seed splits), one plain round 1 (two-phase) or round 0 (online) shared
+    by the shrink-perturb arms."""
     return "; ".join(dict.fromkeys(_deviations(runs)))
 
 
@@ -181,6 +182,9 @@ def _deviations(runs):
         two_phase = getattr(record, "script", "") not in ("online", "transfer", "shrink_only")
         if two_phase and config.get("shrink") and config.get("shared_round1", True):
             yield "S&P arms share round 1"
+        if (getattr(record, "script", "") == "online" and config.get("shrink")
+                and config.get("shared_round0", True)):
+            yield "S&P arms share round 0"
         yield from _deviations(getattr(record, "cells", {}).values())
 
 

@@ -6,7 +6,7 @@ examples, for a plain warm start and for shrink-perturb with each --shrink (nois
 The paper finds warm-started models have much smaller gradients on old data than on new data,
 and that shrink-perturb balances them.
 
-    wsjax grad_norms --model mlp --optimizer adam --seeds 3
+    wsjax grad_norms --model mlp --optimizer adam --seeds 5
     wsjax grad_norms --quick
 """
 

@@ -7,7 +7,7 @@ The study notebook's claim 4 settings use the same script: ``--select margin`` (
 ``entropy``) lets each arm's previous model pick the next chunk (active learning), and
 ``--label-noise 0.2`` corrupts a fifth of the training labels.
 
-    wsjax online --model mlp --optimizer adam --seeds 3 --shrink 0.6  # Fig 2
+    wsjax online --model mlp --optimizer adam --seeds 5 --shrink 0.6  # Fig 2
     wsjax online --shrink 0 0.2 0.4 0.6 0.8 --no-random-init           # Fig 7
     wsjax online --quick --select margin
 """
@@ -45,6 +45,9 @@ class OnlineConfig(Checked):
     random_init: bool = option(True, "leave out the random-init arm (the most expensive)",
                                flag="--no-random-init")
     warm_arm: bool = option(True, "leave out the plain warm-start arm", flag="--no-warm-start")
+    shared_round0: bool = option(False, "start every arm from one plain round 0 (cheaper); by "
+                                 "default a shrink-perturb arm transforms its init before "
+                                 "round 0 too, as the official code does")
 
 
 def arms_of(cfg: OnlineConfig) -> list[Arm]:
@@ -59,7 +62,7 @@ def run(cfg: OnlineConfig) -> Run:
     run_ = setup(cfg, "online", may_change=("rounds",))
     results = run_online(run_.stages, pool_idx=run_.data.fit_idx, chunk=cfg.chunk,
                          arms=arms_of(cfg), select=cfg.select, num_rounds=cfg.rounds,
-                         include_random=cfg.random_init)
+                         include_random=cfg.random_init, shared_round0=cfg.shared_round0)
     return finish(run_, "online", results, plot_online)
 
 

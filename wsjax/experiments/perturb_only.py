@@ -1,7 +1,7 @@
 """Appendix: perturb only (shrink = 1, noise added) vs warm start and random init, two-phase.
 The paper reports that perturbing without shrinking does not close the gap.
 
-    wsjax perturb_only --model mlp --optimizer adam --seeds 3
+    wsjax perturb_only --model mlp --optimizer adam --seeds 5
 """
 
 from __future__ import annotations

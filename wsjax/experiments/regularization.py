@@ -2,7 +2,7 @@
 warm-start gap? Each regularizer at each strength (default 1e-1..1e-4) is used in both rounds
 of the two-phase experiment (random init vs warm start); ``none`` is the baseline.
 
-    wsjax regularization --model mlp --optimizer adam --seeds 3
+    wsjax regularization --model mlp --optimizer adam --seeds 5
     wsjax regularization --quick --strengths 0.01 --kinds l2
 """
 

@@ -5,7 +5,7 @@ from random init on the fitted split; then, for every shrink value, the validati
 the shrunk network is measured (no training). A bias-free ReLU network is positively
 homogeneous, so its argmax, hence its accuracy, does not change; biases and BatchNorm break that.
 
-    wsjax shrink_only --seeds 3
+    wsjax shrink_only --seeds 5
     wsjax shrink_only --models mlp mlp_nobias resnet18_narrow --quick
 """
 

@@ -3,7 +3,7 @@ training. Two cells of the two-phase experiment (random init vs warm start in ea
 ``plain`` and ``every_step`` (``--step-shrink``, ``--step-noise``, default 0.9999 / 1e-4: the
 shrink compounds over thousands of steps, so it must be close to 1).
 
-    wsjax sp_every_step --model mlp --optimizer adam --seeds 3
+    wsjax sp_every_step --model mlp --optimizer adam --seeds 5
 """
 
 from __future__ import annotations

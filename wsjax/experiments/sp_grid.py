@@ -2,7 +2,7 @@
 experiment (50% -> 100%); the figure shows validation accuracy and total train time per cell
 beside random init.
 
-    wsjax sp_grid --model mlp --optimizer adam --seeds 3
+    wsjax sp_grid --model mlp --optimizer adam --seeds 5
     wsjax sp_grid --quick
 """
 

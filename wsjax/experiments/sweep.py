@@ -3,7 +3,7 @@
 stop rule (warm start: both rounds), one point per cell and arm. The paper finds the warm-start
 gap at every setting.
 
-    wsjax sweep --model mlp --optimizer sgd --seeds 3
+    wsjax sweep --model mlp --optimizer sgd --seeds 5
     wsjax sweep --quick --lrs 0.01 --batch-sizes 32 128
 """
 

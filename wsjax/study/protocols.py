@@ -8,7 +8,8 @@
   any trainer with the methods below, so the study's ``Stages`` and the fast trainer's
   warm-start experiment share it.
 - ``run_online`` (Fig 2, 7 and active learning): data arrive in chunks and every arm retrains
-  after each chunk, from its own previous model.
+  after each chunk, from its own previous model (a shrink-perturb arm's first round from its
+  transformed init, as in two-phase; ``shared_round0`` for the plain one).
 
 A *trainer* has ``fresh(stage) -> variables`` (a new initialization), ``arm_inputs(arm,
 stage, idx) -> dict`` (what ``apply_arm`` needs beside the weights) and ``train(stage,
@@ -156,10 +157,6 @@ def acquisition_scores(probs, select: str) -> np.ndarray:
     raise ValueError(f"select={select!r} has no scores; choose from {SELECTORS}")
 
 
-def _online_stage(arm: str, r: int) -> str:
-    return "round000" if r == 0 else f"{arm}_r{r:03d}"
-
-
 def _open_book(path, names: list[str], pool_idx, chunk: int, select: str) -> dict:
     """The online run's bookkeeping: finished rounds per arm and, under active selection,
     each arm's order of arrival so far (the first chunk to begin with)."""
@@ -188,11 +185,16 @@ def _choose_next(stages, states, order: list, pool_idx, size: int, select: str) 
 
 
 def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str = "order",
-               num_rounds: int | None = None, include_random: bool = True
-               ) -> dict[str, list[OnlineRound]]:
+               num_rounds: int | None = None, include_random: bool = True,
+               shared_round0: bool = False) -> dict[str, list[OnlineRound]]:
     """The online protocol: data arrive ``chunk`` examples at a time from ``pool_idx``.
 
-    Round 0 trains a fresh model on the first chunk (shared by all arms). In round r >= 1 the
+    Round 0 trains a fresh model on the first chunk (stage ``round000``). As in the official
+    code, an arm that shrinks or perturbs (``transforms_init``) applies its transform before
+    round 0 too: its round 0 (stage ``round000_<arm>``, named after the first arm with that
+    shrink and noise; the others share it) trains from round 0's fresh init transformed, with
+    fresh BN statistics and a new optimizer. ``shared_round0`` instead starts every arm from
+    the plain round 0 (cheaper; the arms then differ from round 1 on). In round r >= 1 the
     training set grows by one chunk and each arm starts from its own round r-1 model: the
     ``random_init`` arm ignores it (a fresh init every round), a warm ``Arm`` transforms it.
     ``select`` decides which examples arrive next: ``'order'`` (the pool's order, the paper's
@@ -221,6 +223,15 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
     book_path = stages.run.path / "online.json"
     book = _open_book(book_path, names, pool_idx, chunk, select)
     states = {}
+    # Each arm's round-0 stage: one per transform (shrink, noise), as in run_two_phase.
+    round0, by_transform = {}, {}
+    for arm in arms:
+        if not shared_round0 and transforms_init(arm):
+            transform = (arm.shrink, arm.noise_scale, arm.noise_kind)
+            round0[arm.name] = by_transform.setdefault(transform, f"round000_{arm.name}")
+
+    def stage_of(a, r):
+        return round0.get(a, "round000") if r == 0 else f"{a}_r{r:03d}"
 
     def order_of(a):
         return pool_idx if select == "order" else book["order"][a]
@@ -231,7 +242,7 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
     def state_after(a, r):
         """Arm ``a``'s model after round ``r``, trained earlier (restored from disk)."""
         if (a, r) not in states:
-            stage = _online_stage(a, r)
+            stage = stage_of(a, r)
             idx = np.asarray(order_of(a))[..., : size(r)]
             states[(a, r)] = stages.train(stage, stages.fresh(stage), idx).states
         return states[(a, r)]
@@ -245,9 +256,14 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
                 # This arm's round r-1 model picks the chunk that arrives now.
                 _choose_next(stages, state_after(a, r - 1), order, pool_idx, size(r), select)
             idx = np.asarray(order)[..., : size(r)]
-            stage = _online_stage(a, r)
-            if r == 0 or a == RANDOM:
+            stage = stage_of(a, r)
+            if a == RANDOM or stage == "round000":
                 trained = stages.train(stage, stages.fresh(stage), idx)
+            elif r == 0:
+                init = stages.fresh("round000")  # round 0's init, then the arm's transform
+                first_arm = dataclasses.replace(by_name[a], bn="reset", optimizer="reset")
+                trained = warm_round(stages, first_arm, stage,
+                                     _Start(init["params"], init["batch_stats"], None), idx)
             else:
                 trained = warm_round(stages, by_name[a], stage, state_after(a, r - 1), idx)
             states[(a, r)] = trained.states
@@ -259,10 +275,8 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
                                  f"{np.mean([s.seconds for s in rows]):.1f}s")
         if r >= 1:
             # Resuming needs only the latest round of each arm.
+            for stage in dict.fromkeys(stage_of(a, r - 1) for a in names):
+                stages.drop(stage)
             for a in names:
                 states.pop((a, r - 1), None)
-                if r - 1 > 0:
-                    stages.drop(_online_stage(a, r - 1))
-            if r == 1:
-                stages.drop(_online_stage(names[0], 0))
     return {a: from_plain(list[OnlineRound], book["rounds"][a][:num_rounds]) for a in names}

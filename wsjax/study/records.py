@@ -513,10 +513,11 @@ def migrate_config(config: dict) -> dict:
     """A saved run config of any earlier wsjax as this one writes it (``migrate_config_v1``,
     then what older versions did without a flag for it): every seed shared one split
     (``fixed_split``), the arms of a two-phase run shared one plain round 1
-    (``shared_round1``), and before ``plateau_min_epochs`` existed a plateau window left unset
-    meant 3 epochs for every model but the ResNets, from the first epoch on. Written out, a
-    resume with today's defaults is refused as a different config rather than silently
-    switching protocols half way."""
+    (``shared_round1``) and those of an online run one plain round 0 (``shared_round0``),
+    and before ``plateau_min_epochs`` existed a plateau window left unset meant 3 epochs for
+    every model but the ResNets, from the first epoch on. Written out, a resume with today's
+    defaults is refused as a different config rather than silently switching protocols half
+    way."""
     config = migrate_config_v1(config)
     if "split_seed" in config and "fixed_split" not in config:
         config["fixed_split"] = True  # every seed shared one split before the flag existed
@@ -524,6 +525,9 @@ def migrate_config(config: dict) -> dict:
     # shared one plain round 1 before shared_round1 existed.
     if ("opt_state" in config or "probe_size" in config) and "shared_round1" not in config:
         config["shared_round1"] = True
+    # The online runs: every arm started from one plain round 0 before shared_round0 existed.
+    if config.get("script") == "online" and "shared_round0" not in config:
+        config["shared_round0"] = True
     if "plateau_window" in config and "plateau_min_epochs" not in config:
         if config["plateau_window"] is None and not str(config.get("model")).startswith(
                 "resnet"):
