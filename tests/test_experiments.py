@@ -267,6 +267,14 @@ def test_protocol_notes_name_each_deviation():
         "15,000-image subset; plateau fallback: 10-epoch train acc std < 0.002, from epoch 20; "
         "one split for all seeds; S&P arms share round 1")
     assert claims.protocol_notes(official, old, old).count("subset") == 1
+    # Online: a run saved before shared_round0 existed shared a plain round 0.
+    online_old = SimpleNamespace(script="online", config={
+        "script": "online", "split_seed": 0, "fixed_split": False, "shrink": [0.6]})
+    assert claims.protocol_notes(online_old) == "S&P arms share round 0"
+    online_new = SimpleNamespace(script="online", config={
+        "script": "online", "split_seed": 0, "fixed_split": False, "shrink": [0.6],
+        "shared_round0": False})
+    assert claims.protocol_notes(online_new) == ""
     reduced = SimpleNamespace(script="bn_stats", config={
         "split_seed": 0, "fixed_split": False, "widths": [8, 16, 32, 64], "max_epochs": 40})
     assert claims.protocol_notes(reduced) == "widths [8, 16, 32, 64]; 40-epoch cap"
