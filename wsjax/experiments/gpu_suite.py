@@ -366,9 +366,11 @@ def step_table1(cfg, ctx, deadline) -> dict:
 # Checkpoints every 25 epochs: a checkpoint per epoch would cost more than the epoch.
 STUDY = {
     # In order of what the claims table most needs now (resumable runs, issue 12's list):
-    # first what no committed run covers at 5+ seeds under the official protocol, then 10-seed
-    # re-runs of what this CPU did with 5. Done on an H200 and committed (session 6): label
-    # noise, active selection, 11 of the regularization table's 13 cells.
+    # first what no committed run covers at full scale under the official protocol (the CPU
+    # ran the two confidence cells, online and the sweep on a 15,000-image subset, the sweep
+    # on a 2 x 2 corner of the grid), then 10-seed re-runs of what this CPU did with 5. Done
+    # on an H200 and committed (session 6): label noise, active selection (with the round 0
+    # the arms then shared), 11 of the regularization table's 13 cells.
     "regularization_confidence_mlp_adam": ["regularization", "--model", "mlp", "--optimizer",
                                            "adam", "--plateau-window", "10", "--kinds",
                                            "confidence", "--strengths", "0.001", "0.0001"],

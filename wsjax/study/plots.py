@@ -173,6 +173,8 @@ def plot_regularization(summary: Cells, out_dir) -> Path:
     base = _cell_gap(cells["none"].results)
     ax.axhline(base[0], color="k", ls="--", label=f"no regularizer ({base[0]:.2f} ± "
                f"{base[1]:.2f})")
+    # Zero (no gap) stays on the axis: a gap is read against it.
+    ax.axhline(0.0, color="grey", lw=0.8)
     kinds = sorted({c.rsplit("_", 1)[0] for c in cells if c != "none"})
     strengths = sorted({float(c.rsplit("_", 1)[1]) for c in cells if c != "none"})
     offset = 0.8 / max(len(kinds), 1)

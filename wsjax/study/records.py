@@ -218,7 +218,9 @@ KINDS = {
 
 @dataclasses.dataclass
 class Run:
-    """One run of a script (``script`` is its command name, e.g. ``'warm_start'``)."""
+    """One run of a script (``script`` is its command name, e.g. ``'warm_start'``).
+    ``wall_seconds`` is the wall time of the process that finished the run: a resumed run's
+    earlier processes are not in it (each seed's training seconds, in the rows, are)."""
 
     script: str
     kind: str
