@@ -282,6 +282,23 @@ def test_a_run_that_never_started_takes_a_corrected_config(tmp_path):
         RunDir(tmp_path / "b").write_config({"lr": 0.3})
 
 
+def test_wall_time_adds_up_over_the_processes_of_a_run(tmp_path):
+    (tmp_path / "wall.json").write_text('{"seconds": 100.0}')  # an earlier process's time
+    run = RunDir(tmp_path)
+    assert run.earlier_seconds == 100.0 and run.wall_seconds >= 100.0
+    run.close()  # a clean stop hands the total on
+    left = json.loads((tmp_path / "wall.json").read_text())["seconds"]
+    assert left >= 100.0 and RunDir(tmp_path).earlier_seconds == left
+    # The count alone does not make a run started: a corrected config is still accepted.
+    RunDir(tmp_path).write_config({"lr": 0.1})
+    RunDir(tmp_path).write_config({"lr": 0.2})
+    # A run from before the count (no file) or with a damaged one starts from zero.
+    assert RunDir(tmp_path / "new").earlier_seconds == 0.0
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "wall.json").write_text("{")
+    assert RunDir(tmp_path / "damaged").earlier_seconds == 0.0
+
+
 def test_diverged_seeds_are_left_out_of_the_means():
     from wsjax.study.records import SeedRow
     from wsjax.study.stats import column, mean_se, paired_mean_se

@@ -436,10 +436,12 @@ def write_run(run: RunDir, *, script: str, kind: str, config: dict, results, tit
               start: float, data_dir: str | None, plot: Callable | None = None,
               data: dict | None = None, **extra) -> records.Run:
     """Writes ``results.json`` in ``run`` (a ``records.Run``: results, config, provenance,
-    wall time since ``start``; ``data`` the data's fingerprint) and draws its figure."""
+    wall time since ``start`` plus that of the processes that worked on the run before;
+    ``data`` the data's fingerprint) and draws its figure."""
     record = records.Run(
         script=script, kind=kind, config=config, results=results, title=title,
-        wall_seconds=time.perf_counter() - start, device=records.device_name(),
+        wall_seconds=run.earlier_seconds + time.perf_counter() - start,
+        device=records.device_name(),
         provenance=records.provenance(data_dir, data), extra=extra)
     path = records.save(record, run.results_path)
     for line in records.divergences(record):

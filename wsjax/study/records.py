@@ -219,8 +219,9 @@ KINDS = {
 @dataclasses.dataclass
 class Run:
     """One run of a script (``script`` is its command name, e.g. ``'warm_start'``).
-    ``wall_seconds`` is the wall time of the process that finished the run: a resumed run's
-    earlier processes are not in it (each seed's training seconds, in the rows, are)."""
+    ``wall_seconds`` is the wall time of every process that worked on the run, resumed ones
+    included (``RunDir.wall_seconds``); a process killed outright (SIGKILL, out of memory) is
+    not counted, and runs saved before wsjax kept that count have the last process's only."""
 
     script: str
     kind: str

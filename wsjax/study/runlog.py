@@ -222,6 +222,19 @@ def _lock(path: Path):
     return handle
 
 
+# Where a run directory keeps the wall time of the processes that worked on it.
+WALL_FILE = "wall.json"
+
+
+def _earlier_seconds(path: Path) -> float:
+    """The wall time ``path`` (``WALL_FILE``) recorded, or 0 when there is none (a new run, or
+    one started before wsjax recorded it)."""
+    try:
+        return float(json.loads(path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 class RunDir:
     """The files of one run in ``path`` (created if needed), locked for this process until
     ``close``. Raises ``RunDirError`` when ``path`` cannot be a run directory (a file, below a
@@ -242,6 +255,8 @@ class RunDir:
                               f"choose a folder you can write to") from None
         self.metrics = MetricWriter(self.path / "metrics.jsonl", sinks)
         self.process_log = None  # a wsjax.hosts.ProcessLog, closed with the run
+        self._opened = time.perf_counter()
+        self.earlier_seconds = _earlier_seconds(self.path / WALL_FILE)
         _OPEN[self.path] = self
 
     @property
@@ -255,10 +270,16 @@ class RunDir:
         return self.path / "results.json"
 
     @property
+    def wall_seconds(self) -> float:
+        """Wall time spent on this run so far: the processes that worked on it before (as
+        they recorded in ``wall.json`` when they closed it) and this one since it opened it."""
+        return self.earlier_seconds + time.perf_counter() - self._opened
+
+    @property
     def started(self) -> bool:
         """Whether the run has written anything beyond its config, locks and process logs
         (checkpoints, metrics, results, or a sub-run's folder)."""
-        own = {"config.json", "config.json.tmp", ".lock", "logs"}
+        own = {"config.json", "config.json.tmp", ".lock", "logs", WALL_FILE, WALL_FILE + ".tmp"}
         return any(p.name not in own and not p.name.startswith(".lock.")
                    for p in self.path.iterdir())
 
@@ -267,6 +288,9 @@ class RunDir:
         if _OPEN.get(self.path) is not self:
             return
         del _OPEN[self.path]
+        # A clean stop (finished, Ctrl-C, SIGTERM) hands its time to the next process; one
+        # killed outright (SIGKILL, out of memory) leaves its time uncounted.
+        write_json(self.path / WALL_FILE, {"seconds": self.wall_seconds})
         self.metrics.close()
         if self.process_log is not None:
             self.process_log.close()
