@@ -179,11 +179,11 @@ def _deviations(runs):
                    f"{config.get('plateau_min_epochs', 0)}")
         if "split_seed" in config and config.get("fixed_split", True):
             yield "one split for all seeds"
-        two_phase = getattr(record, "script", "") not in ("online", "transfer", "shrink_only")
+        script = getattr(record, "script", "")
+        two_phase = script not in ("online", "transfer", "shrink_only")
         if two_phase and config.get("shrink") and config.get("shared_round1", True):
             yield "S&P arms share round 1"
-        if (getattr(record, "script", "") == "online" and config.get("shrink")
-                and config.get("shared_round0", True)):
+        if script == "online" and config.get("shrink") and config.get("shared_round0", True):
             yield "S&P arms share round 0"
         yield from _deviations(getattr(record, "cells", {}).values())
 

@@ -71,6 +71,22 @@ def transforms_init(arm: Arm) -> bool:
     return arm.shrink != 1.0 or arm.noise_scale != 0.0
 
 
+def _transform(arm: Arm) -> tuple:
+    """What ``arm`` does to an initialization: arms that differ only in what they do later
+    (BN statistics, optimizer state) share their first round, noise draw included."""
+    return arm.shrink, arm.noise_scale, arm.noise_kind
+
+
+def _first_round(trainer, arm: Arm, stage: str, init_stage: str, idx, **options):
+    """Trains ``stage`` on ``idx`` from ``init_stage``'s fresh initialization transformed by
+    ``arm``, begun like the official code's first round: fresh BN statistics, a new
+    optimizer, whatever ``arm`` keeps at later rounds."""
+    init = trainer.fresh(init_stage)
+    first_arm = dataclasses.replace(arm, bn="reset", optimizer="reset")
+    return warm_round(trainer, first_arm, stage, _Start(init["params"], init["batch_stats"], None),
+                      idx, **options)
+
+
 def run_two_phase(trainer, *, fit_idx, first_fraction: float = 0.5, arms: Sequence[Arm],
                   include_random: bool = True, round1_options: dict | None = None,
                   shared_round1: bool = False, **options) -> TwoPhase:
@@ -102,17 +118,10 @@ def run_two_phase(trainer, *, fit_idx, first_fraction: float = 0.5, arms: Sequen
     round1s, by_transform = {}, {}
     for arm in arms:
         if arm in own:
-            # One round 1 per transform: arms that differ only in what they do at round 2
-            # (BN statistics, optimizer state) share it, noise draw included.
-            transform = (arm.shrink, arm.noise_scale, arm.noise_kind)
-            if transform not in by_transform:
-                init = trainer.fresh("round1")  # round1's init, then the arm's transform
-                start = _Start(init["params"], init["batch_stats"], None)
-                # Round 1 begins like the official code's: fresh BN statistics, a new optimizer.
-                first_arm = dataclasses.replace(arm, bn="reset", optimizer="reset")
-                by_transform[transform] = warm_round(trainer, first_arm, f"round1_{arm.name}",
-                                                     start, first, **r1_options)
-            round1s[arm.name] = by_transform[transform]
+            if _transform(arm) not in by_transform:  # round1's init, then the arm's transform
+                by_transform[_transform(arm)] = _first_round(
+                    trainer, arm, f"round1_{arm.name}", "round1", first, **r1_options)
+            round1s[arm.name] = by_transform[_transform(arm)]
         source = round1s.get(arm.name, round1)
         final[arm.name] = warm_round(trainer, arm, f"round2_{arm.name}", source.states, fit_idx,
                                      **options)
@@ -223,12 +232,11 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
     book_path = stages.run.path / "online.json"
     book = _open_book(book_path, names, pool_idx, chunk, select)
     states = {}
-    # Each arm's round-0 stage: one per transform (shrink, noise), as in run_two_phase.
+    # Each arm's round-0 stage: one per transform, as round 1 in run_two_phase.
     round0, by_transform = {}, {}
     for arm in arms:
         if not shared_round0 and transforms_init(arm):
-            transform = (arm.shrink, arm.noise_scale, arm.noise_kind)
-            round0[arm.name] = by_transform.setdefault(transform, f"round000_{arm.name}")
+            round0[arm.name] = by_transform.setdefault(_transform(arm), f"round000_{arm.name}")
 
     def stage_of(a, r):
         return round0.get(a, "round000") if r == 0 else f"{a}_r{r:03d}"
@@ -259,11 +267,8 @@ def run_online(stages, *, pool_idx, chunk: int, arms: Sequence[Arm], select: str
             stage = stage_of(a, r)
             if a == RANDOM or stage == "round000":
                 trained = stages.train(stage, stages.fresh(stage), idx)
-            elif r == 0:
-                init = stages.fresh("round000")  # round 0's init, then the arm's transform
-                first_arm = dataclasses.replace(by_name[a], bn="reset", optimizer="reset")
-                trained = warm_round(stages, first_arm, stage,
-                                     _Start(init["params"], init["batch_stats"], None), idx)
+            elif r == 0:  # round 0's init, then the arm's transform
+                trained = _first_round(stages, by_name[a], stage, "round000", idx)
             else:
                 trained = warm_round(stages, by_name[a], stage, state_after(a, r - 1), idx)
             states[(a, r)] = trained.states
